@@ -1,0 +1,51 @@
+# execmem: `make run` boots the demo in QEMU, `make test` runs every test. Both install what is
+# missing first (.ci/setup). BOARD=virt (default) or BOARD=rpi4 (any folder under board/).
+
+BOARD ?= virt
+TARGET := aarch64-unknown-none
+BOARDS := $(patsubst board/%/,%,$(sort $(wildcard board/*/)))
+ifeq ($(filter $(BOARD),$(BOARDS)),)
+$(error BOARD=$(BOARD) is not a board; the boards are: $(BOARDS))
+endif
+
+KERNEL_ELF := target/$(TARGET)/release/execmem
+IMAGE_DIR := out/$(BOARD)
+IMAGE_ELF := target/image/$(TARGET)/release/execmem
+LLVM_OBJCOPY = $(shell rustc --print sysroot)/lib/rustlib/$(shell rustc -vV | sed -n 's/^host: //p')/bin/llvm-objcopy
+QEMU_ARGS = $(shell awk '!/^\#/ && NF {$$1 = $$2 = ""; print; exit}' board/$(BOARD)/qemu.modes)
+
+.PHONY: run test image gdb setup clean
+
+## run: boot the demo kernel on BOARD in QEMU (the board's first boot mode)
+run: setup
+	EXECMEM_BOARD=$(BOARD) EXECMEM_MODES=first \
+	    cargo run --release --target $(TARGET) --features board-$(BOARD),qemu --bin execmem
+
+## test: host unit tests, clippy, rustfmt, QEMU integration tests on every board and boot mode
+test: setup
+	tests/runner/suite
+
+## image: kernel8.img (+ config.txt) for an SD card, without any QEMU-only code
+image: setup
+	cargo build --release --target $(TARGET) --features board-$(BOARD) --bin execmem --target-dir target/image
+	mkdir -p $(IMAGE_DIR)
+	$(LLVM_OBJCOPY) -O binary $(IMAGE_ELF) $(IMAGE_DIR)/kernel8.img
+	cp $(IMAGE_ELF) $(IMAGE_DIR)/execmem.elf
+	if [ -f board/$(BOARD)/config.txt ]; then cp board/$(BOARD)/config.txt $(IMAGE_DIR)/; fi
+	@echo "$(IMAGE_DIR): $$(ls $(IMAGE_DIR) | tr '\n' ' ')"
+	@if [ "$(BOARD)" = rpi4 ]; then echo "copy kernel8.img and config.txt to the SD card's boot partition, next to the Raspberry Pi firmware (start4.elf, fixup4.dat, bcm2711-rpi-4-b.dtb)"; fi
+
+## gdb: start the demo in QEMU halted, waiting for a debugger on localhost:1234
+gdb: setup
+	cargo build --release --target $(TARGET) --features board-$(BOARD),qemu --bin execmem
+	@echo "QEMU is waiting for a debugger. In another terminal:"
+	@echo "  gdb-multiarch $(KERNEL_ELF) -ex 'target remote localhost:1234'"
+	@echo "(Debian/Ubuntu: apt-get install gdb-multiarch). Quit QEMU with Ctrl-A x."
+	qemu-system-aarch64 $(QEMU_ARGS) -nographic -semihosting -no-reboot -kernel $(KERNEL_ELF) -s -S
+
+setup:
+	@.ci/setup
+
+clean:
+	cargo clean
+	rm -rf out

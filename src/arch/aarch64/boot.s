@@ -1,0 +1,131 @@
+// Boot: from whatever exception level the firmware or QEMU started us at (EL3, EL2 or EL1) down to
+// EL1, then CPU 0 zeroes .bss, takes its stack and calls `kernel_entry` (Rust). Other CPUs park.
+//
+// Register use before Rust runs (no stack yet):
+//   x19 = this CPU's number (MPIDR_EL1.Aff0)     x20 = x0 at entry (device tree pointer, if any)
+//   x21 = exception level at entry (1..3)
+
+.equ SPSR_EL1H_DAIF_MASKED, 0x3c5      // M[3:0] = EL1h, D, A, I, F masked
+.equ SCR_EL3_VALUE, 0x531              // NS | RES1[5:4] | HCE (HVC enabled) | RW (lower ELs AArch64)
+.equ HCR_EL2_RW, (1 << 31)             // EL1 is AArch64; no stage 2, no traps
+.equ CPTR_EL2_NO_TRAPS, 0x33ff         // RES1 bits [13:12] and [9:0]; TFP (bit 10) = 0: FP not trapped
+.equ CNTHCTL_EL2_EL1_TIMER, 0x3        // EL1PCTEN | EL1PCEN: EL1 may use the physical counter/timer
+.equ SCTLR_EL1_RESET, 0x30d00800       // RES1 bits; MMU, caches and alignment checks off
+.equ CPACR_EL1_FPEN, (3 << 20)         // FP/SIMD not trapped at EL1 or EL0
+
+.section .text.boot, "ax"
+.global _start
+_start:
+    mov     x20, x0
+    mrs     x19, mpidr_el1
+    and     x19, x19, #0xff
+    mrs     x21, CurrentEL
+    lsr     x21, x21, #2
+    cmp     x21, #3
+    b.eq    .Lfrom_el3
+    cmp     x21, #2
+    b.eq    .Lfrom_el2
+    b       .Lat_el1
+
+.Lfrom_el3:
+    ldr     x1, =SCR_EL3_VALUE
+    msr     scr_el3, x1
+    msr     cptr_el3, xzr                   // TFP = 0: FP/SIMD not trapped to EL3
+    bl      .Lsetup_el2_for_el1
+    adr     x1, .Lat_el1
+    msr     elr_el3, x1
+    mov     x1, #SPSR_EL1H_DAIF_MASKED
+    msr     spsr_el3, x1
+    isb
+    eret
+
+.Lfrom_el2:
+    bl      .Lsetup_el2_for_el1
+    adr     x1, .Lat_el1
+    msr     elr_el2, x1
+    mov     x1, #SPSR_EL1H_DAIF_MASKED
+    msr     spsr_el2, x1
+    isb
+    eret
+
+// The EL2 state that EL1 depends on. Called from EL3 and EL2 (both may write EL2 registers).
+// Uses x1 only; returns with `ret` (x30), no stack.
+.Lsetup_el2_for_el1:
+    ldr     x1, =HCR_EL2_RW
+    msr     hcr_el2, x1
+    ldr     x1, =CPTR_EL2_NO_TRAPS
+    msr     cptr_el2, x1
+    msr     hstr_el2, xzr
+    mov     x1, #CNTHCTL_EL2_EL1_TIMER
+    msr     cnthctl_el2, x1
+    msr     cntvoff_el2, xzr
+    // EL1 reads of MIDR_EL1 and MPIDR_EL1 return VPIDR_EL2 and VMPIDR_EL2, whose reset values are
+    // UNKNOWN: give EL1 the real identity.
+    mrs     x1, midr_el1
+    msr     vpidr_el2, x1
+    mrs     x1, mpidr_el1
+    msr     vmpidr_el2, x1
+    ret
+
+.Lat_el1:
+    msr     spsel, #1
+    ldr     x1, =SCTLR_EL1_RESET
+    msr     sctlr_el1, x1
+    // FP/SIMD before any Rust: aarch64-unknown-none code uses SIMD registers (memcpy, formatting).
+    mov     x1, #CPACR_EL1_FPEN
+    msr     cpacr_el1, x1
+    adrp    x1, exception_vectors
+    add     x1, x1, :lo12:exception_vectors
+    msr     vbar_el1, x1
+    isb
+    cbnz    x19, .Lpark_secondary
+
+    // .bss is zero for Rust; the region is 16-byte aligned by the linker script.
+    adrp    x1, __bss_start
+    add     x1, x1, :lo12:__bss_start
+    adrp    x2, __bss_end_exclusive
+    add     x2, x2, :lo12:__bss_end_exclusive
+1:  cmp     x1, x2
+    b.hs    2f
+    stp     xzr, xzr, [x1], #16
+    b       1b
+2:
+    mov     x0, x19
+    bl      .Lstack_top_for_cpu
+    mov     sp, x0
+    mov     x29, xzr
+    mov     x30, xzr
+    mov     x0, x20
+    mov     x1, x21
+    bl      kernel_entry
+3:  wfe                                     // kernel_entry does not return
+    b       3b
+
+// Secondary CPUs wait, at EL1 with the MMU off, until `SECONDARY_ENTRY[cpu]` holds an entry
+// address; they then take their own stack and jump there with x0 = cpu. The table lives in .data
+// (not .bss) so it reads as zero before CPU 0 has zeroed .bss. The releasing CPU must write the
+// entry with a cache clean to the point of coherency and then `SEV`.
+.Lpark_secondary:
+    cmp     x19, #{MAX_CPUS}
+    b.hs    3b                              // a CPU we have no stack for stays parked for good
+    adrp    x1, SECONDARY_ENTRY
+    add     x1, x1, :lo12:SECONDARY_ENTRY
+4:  wfe
+    ldr     x2, [x1, x19, lsl #3]
+    cbz     x2, 4b
+    mov     x0, x19
+    bl      .Lstack_top_for_cpu
+    mov     sp, x0
+    mov     x0, x19
+    br      x2
+
+// x0 = cpu -> x0 = top of that CPU's boot stack. Stacks sit above their guard page:
+// [guard][stack 0][guard][stack 1]... (see linker.ld). Clobbers x1, x2.
+.Lstack_top_for_cpu:
+    adrp    x1, __stacks_start
+    add     x1, x1, :lo12:__stacks_start
+    ldr     x2, ={STACK_SLOT}
+    madd    x0, x0, x2, x2
+    add     x0, x0, x1
+    ret
+.ltorg

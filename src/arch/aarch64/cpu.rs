@@ -1,0 +1,43 @@
+//! Identity and state of the running CPU, read from system registers.
+
+use aarch64_cpu::registers::{CurrentEL, MIDR_EL1, MPIDR_EL1, Readable};
+
+use crate::cpu::{CacheType, Midr};
+
+/// This CPU's MIDR_EL1.
+pub fn midr() -> Midr {
+    Midr(MIDR_EL1.get())
+}
+
+/// This CPU's cache geometry, from CTR_EL0.
+pub fn cache_type() -> CacheType {
+    CacheType::from_ctr(ctr_el0())
+}
+
+/// CTR_EL0 raw (aarch64-cpu has no accessor for it).
+pub fn ctr_el0() -> u64 {
+    let ctr: u64;
+    // SAFETY: reading CTR_EL0 has no side effects and is permitted at EL1 (and at EL0 unless
+    // SCTLR_EL1.UCT traps it, which does not concern EL1).
+    unsafe {
+        core::arch::asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack, preserves_flags))
+    };
+    ctr
+}
+
+/// The current exception level (0..=3).
+pub fn current_el() -> u8 {
+    CurrentEL.read(CurrentEL::EL) as u8
+}
+
+/// This CPU's number: MPIDR_EL1.Aff0 (both boards have one cluster).
+pub fn cpu_id() -> usize {
+    (MPIDR_EL1.get() & 0xff) as usize
+}
+
+/// Waits for an event, forever: where a CPU goes when there is nothing left to do.
+pub fn park() -> ! {
+    loop {
+        aarch64_cpu::asm::wfe();
+    }
+}

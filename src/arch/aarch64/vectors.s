@@ -1,0 +1,127 @@
+// Exception vector table (Arm ARM D1.3.1): 16 entries of 0x80 bytes, the table 2 KiB aligned.
+// Every entry saves the full register state, FP/SIMD included (a handler that resumes the
+// interrupted code, e.g. after an expected fault in a test, must not clobber its live registers),
+// and calls `handle_exception(kind, &mut frame)`. `kind` = 4 * source + type, where source is
+// 0 current EL with SP_EL0, 1 current EL with SP_ELx, 2 lower EL AArch64, 3 lower EL AArch32, and
+// type is 0 synchronous, 1 IRQ, 2 FIQ, 3 SError. The handler may change ELR/SPSR/registers in the
+// frame; they are restored from it.
+//
+// Frame layout (must match `ExceptionFrame` in exception.rs): x0..x30 at 0, elr at 248, spsr at 256,
+// fpsr at 264, fpcr at 272, q0..q31 at 288. Size 800 (16-byte aligned).
+
+.equ FRAME_SIZE, 800
+.equ FRAME_Q, 288
+
+.macro VECTOR kind
+.balign 0x80
+    sub     sp, sp, #FRAME_SIZE
+    stp     x0, x1, [sp, #0]
+    mov     x0, #\kind
+    b       exception_save_and_handle
+.endm
+
+.section .text.vectors, "ax"
+.balign 0x800
+.global exception_vectors
+exception_vectors:
+    VECTOR 0
+    VECTOR 1
+    VECTOR 2
+    VECTOR 3
+    VECTOR 4
+    VECTOR 5
+    VECTOR 6
+    VECTOR 7
+    VECTOR 8
+    VECTOR 9
+    VECTOR 10
+    VECTOR 11
+    VECTOR 12
+    VECTOR 13
+    VECTOR 14
+    VECTOR 15
+
+exception_save_and_handle:
+    stp     x2, x3, [sp, #16]
+    stp     x4, x5, [sp, #32]
+    stp     x6, x7, [sp, #48]
+    stp     x8, x9, [sp, #64]
+    stp     x10, x11, [sp, #80]
+    stp     x12, x13, [sp, #96]
+    stp     x14, x15, [sp, #112]
+    stp     x16, x17, [sp, #128]
+    stp     x18, x19, [sp, #144]
+    stp     x20, x21, [sp, #160]
+    stp     x22, x23, [sp, #176]
+    stp     x24, x25, [sp, #192]
+    stp     x26, x27, [sp, #208]
+    stp     x28, x29, [sp, #224]
+    mrs     x2, elr_el1
+    stp     x30, x2, [sp, #240]
+    mrs     x2, spsr_el1
+    mrs     x3, fpsr
+    stp     x2, x3, [sp, #256]
+    mrs     x2, fpcr
+    str     x2, [sp, #272]
+    add     x2, sp, #FRAME_Q
+    stp     q0, q1, [x2, #0]
+    stp     q2, q3, [x2, #32]
+    stp     q4, q5, [x2, #64]
+    stp     q6, q7, [x2, #96]
+    stp     q8, q9, [x2, #128]
+    stp     q10, q11, [x2, #160]
+    stp     q12, q13, [x2, #192]
+    stp     q14, q15, [x2, #224]
+    stp     q16, q17, [x2, #256]
+    stp     q18, q19, [x2, #288]
+    stp     q20, q21, [x2, #320]
+    stp     q22, q23, [x2, #352]
+    stp     q24, q25, [x2, #384]
+    stp     q26, q27, [x2, #416]
+    stp     q28, q29, [x2, #448]
+    stp     q30, q31, [x2, #480]
+
+    mov     x1, sp
+    bl      handle_exception
+
+    add     x2, sp, #FRAME_Q
+    ldp     q0, q1, [x2, #0]
+    ldp     q2, q3, [x2, #32]
+    ldp     q4, q5, [x2, #64]
+    ldp     q6, q7, [x2, #96]
+    ldp     q8, q9, [x2, #128]
+    ldp     q10, q11, [x2, #160]
+    ldp     q12, q13, [x2, #192]
+    ldp     q14, q15, [x2, #224]
+    ldp     q16, q17, [x2, #256]
+    ldp     q18, q19, [x2, #288]
+    ldp     q20, q21, [x2, #320]
+    ldp     q22, q23, [x2, #352]
+    ldp     q24, q25, [x2, #384]
+    ldp     q26, q27, [x2, #416]
+    ldp     q28, q29, [x2, #448]
+    ldp     q30, q31, [x2, #480]
+    ldr     x2, [sp, #272]
+    msr     fpcr, x2
+    ldp     x2, x3, [sp, #256]
+    msr     spsr_el1, x2
+    msr     fpsr, x3
+    ldp     x30, x2, [sp, #240]
+    msr     elr_el1, x2
+    ldp     x28, x29, [sp, #224]
+    ldp     x26, x27, [sp, #208]
+    ldp     x24, x25, [sp, #192]
+    ldp     x22, x23, [sp, #176]
+    ldp     x20, x21, [sp, #160]
+    ldp     x18, x19, [sp, #144]
+    ldp     x16, x17, [sp, #128]
+    ldp     x14, x15, [sp, #112]
+    ldp     x12, x13, [sp, #96]
+    ldp     x10, x11, [sp, #80]
+    ldp     x8, x9, [sp, #64]
+    ldp     x6, x7, [sp, #48]
+    ldp     x4, x5, [sp, #32]
+    ldp     x2, x3, [sp, #16]
+    ldp     x0, x1, [sp, #0]
+    add     sp, sp, #FRAME_SIZE
+    eret

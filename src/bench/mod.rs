@@ -1,0 +1,1 @@
+//! Benchmark baselines (placeholder, being written).

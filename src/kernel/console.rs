@@ -1,0 +1,49 @@
+//! The console: the board's PL011 behind a lock, and the `print!` / `println!` macros.
+
+use core::fmt::{self, Write};
+
+use spin::Mutex;
+
+use super::pl011::Pl011;
+use crate::board;
+
+// SAFETY: the board names the address of its console PL011, and only this static drives it.
+static CONSOLE: Mutex<Pl011> = Mutex::new(unsafe { Pl011::new(board::UART.start as usize) });
+
+/// Sets up the board's console UART (pins, baud rate).
+pub fn init() {
+    board::init_console_pins();
+    CONSOLE.lock().init(board::UART_CLOCK_HZ);
+}
+
+/// Writes formatted text to the console (what `print!` expands to).
+pub fn write_fmt(args: fmt::Arguments<'_>) {
+    // Printing cannot fail on a polled UART; an error from a Display impl is ignored as std does
+    // for stdout in a no_std-friendly way: the rest of the output still appears.
+    let _ = CONSOLE.lock().write_fmt(args);
+}
+
+/// Writes from an exception or panic path, which may have interrupted a holder of the lock on
+/// this CPU: the lock is broken rather than waited for (a deadlock would hide the report).
+pub fn write_fmt_emergency(args: fmt::Arguments<'_>) {
+    if CONSOLE.is_locked() {
+        // SAFETY: only called on the way to a report, with interrupts masked. The interrupted
+        // holder never resumes in the middle of a UART write except after an expected fault,
+        // whose handler does not print; a torn line is the worst outcome.
+        unsafe { CONSOLE.force_unlock() };
+    }
+    write_fmt(args);
+}
+
+/// Prints to the console.
+#[macro_export]
+macro_rules! print {
+    ($($arg:tt)*) => ($crate::kernel::console::write_fmt(format_args!($($arg)*)));
+}
+
+/// Prints to the console, with a newline.
+#[macro_export]
+macro_rules! println {
+    () => ($crate::print!("\n"));
+    ($($arg:tt)*) => ($crate::kernel::console::write_fmt(format_args!("{}\n", format_args!($($arg)*))));
+}

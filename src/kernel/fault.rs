@@ -1,0 +1,99 @@
+//! What happens on an exception: an expected fault (registered by a test or a probe with
+//! [`catch`]) is recorded and execution resumes; anything else is reported in one decoded line plus
+//! a register dump, and the kernel stops with failure.
+
+use core::sync::atomic::{AtomicU8, Ordering, compiler_fence};
+
+use spin::Mutex;
+
+use crate::arch::aarch64::exception::{ExceptionFrame, VectorKind};
+use crate::fault::{ExceptionClass, FaultReport};
+use crate::kernel::console::write_fmt_emergency;
+
+/// Where execution continues after an expected fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// At the instruction after the faulting one (a load, store, or undefined instruction).
+    Skip,
+    /// At the return address in x30: for a fault on the first instruction of a called function
+    /// (an instruction abort on a call into non-executable memory, or a BRK at a function's entry).
+    ReturnToCaller,
+}
+
+const DISARMED: u8 = 0;
+
+/// The resume policy of the one expected fault, or `DISARMED`. (One CPU runs tests today; the SMP
+/// issue makes this per-CPU.)
+static ARMED: AtomicU8 = AtomicU8::new(DISARMED);
+static CAUGHT: Mutex<Option<FaultReport>> = Mutex::new(None);
+
+impl Resume {
+    const fn encode(self) -> u8 {
+        match self {
+            Self::Skip => 1,
+            Self::ReturnToCaller => 2,
+        }
+    }
+}
+
+/// Runs `f`, expecting it may raise one synchronous exception; returns the decoded report of that
+/// exception, or `None` if `f` ran without one. Execution resumes as `resume` says.
+pub fn catch(resume: Resume, f: impl FnOnce()) -> Option<FaultReport> {
+    *CAUGHT.lock() = None;
+    ARMED.store(resume.encode(), Ordering::SeqCst);
+    compiler_fence(Ordering::SeqCst);
+    f();
+    compiler_fence(Ordering::SeqCst);
+    ARMED.store(DISARMED, Ordering::SeqCst);
+    CAUGHT.lock().take()
+}
+
+/// Synchronous exceptions and SErrors (called by the arch layer).
+pub(crate) fn on_exception(kind: VectorKind, report: FaultReport, frame: &mut ExceptionFrame) {
+    let armed = ARMED.swap(DISARMED, Ordering::SeqCst);
+    let resumable =
+        kind.source() == "current EL, SP_ELx" && report.class() != ExceptionClass::SError;
+    if armed != DISARMED && resumable {
+        *CAUGHT.lock() = Some(report);
+        if armed == Resume::Skip.encode() {
+            frame.elr += 4;
+        } else {
+            frame.elr = frame.x[30];
+        }
+        return;
+    }
+    write_fmt_emergency(format_args!(
+        "\n*** unexpected {} exception ({}): {report}\n",
+        kind.name(),
+        kind.source()
+    ));
+    dump(frame);
+    super::exit(false);
+}
+
+/// IRQ and FIQ: nothing enables them yet, so one arriving is a bug.
+pub(crate) fn on_interrupt(kind: VectorKind, frame: &mut ExceptionFrame) {
+    write_fmt_emergency(format_args!(
+        "\n*** unexpected {} ({}) at pc {:#x}\n",
+        kind.name(),
+        kind.source(),
+        frame.elr
+    ));
+    dump(frame);
+    super::exit(false);
+}
+
+fn dump(frame: &ExceptionFrame) {
+    for (row, regs) in frame.x.chunks(4).enumerate() {
+        for (col, value) in regs.iter().enumerate() {
+            let n = row * 4 + col;
+            write_fmt_emergency(format_args!("  x{n:<2} {value:#018x}"));
+        }
+        write_fmt_emergency(format_args!("\n"));
+    }
+    let sp = frame as *const ExceptionFrame as u64 + core::mem::size_of::<ExceptionFrame>() as u64;
+    write_fmt_emergency(format_args!(
+        "  sp  {sp:#018x}  elr {:#018x}  spsr {:#010x}\n",
+        frame.elr, frame.spsr
+    ));
+}

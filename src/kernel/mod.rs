@@ -1,0 +1,102 @@
+//! The bare-metal runtime that hosts the manager: entry from the boot code, console, heap,
+//! exceptions, panic, and how a run ends.
+//!
+//! A kernel binary (the demo, each QEMU test, the benchmark) links this library and names its main
+//! function with [`entry!`](crate::entry); `_start` (arch/aarch64/boot.s) reaches [`start`], which
+//! brings the machine up and calls it.
+
+pub mod console;
+pub mod fault;
+pub mod heap;
+pub mod memory;
+pub mod mmio;
+mod panic;
+pub mod pl011;
+pub mod report;
+#[cfg(feature = "qemu")]
+pub mod testing;
+
+use spin::Once;
+
+use crate::arch::aarch64::cpu;
+
+/// Facts about this boot, for the report and for tests.
+#[derive(Clone, Copy, Debug)]
+pub struct BootInfo {
+    /// Exception level the firmware or QEMU entered the kernel at (1, 2 or 3).
+    pub entry_el: u8,
+    /// x0 at entry: the device tree address where the loader passes one.
+    pub dtb: u64,
+}
+
+static BOOT_INFO: Once<BootInfo> = Once::new();
+
+/// This boot's facts.
+pub fn boot_info() -> BootInfo {
+    *BOOT_INFO
+        .get()
+        .expect("boot info is set before any kernel main runs")
+}
+
+unsafe extern "Rust" {
+    /// The binary's main function, defined by [`entry!`](crate::entry).
+    fn __execmem_main();
+}
+
+/// Rust entry from boot.s on CPU 0: at EL1, stack set, .bss zeroed, FP/SIMD on, vectors installed.
+#[unsafe(no_mangle)]
+extern "C" fn kernel_entry(dtb: u64, entry_el: u64) -> ! {
+    start(dtb, entry_el as u8)
+}
+
+fn start(dtb: u64, entry_el: u8) -> ! {
+    console::init();
+    BOOT_INFO.call_once(|| BootInfo { entry_el, dtb });
+    // SAFETY: the heap region lies after the kernel image in RAM and nothing else uses it
+    // (memory::heap_region); this is the only call.
+    unsafe { heap::init(memory::heap_region()) };
+    assert_eq!(cpu::current_el(), 1, "boot code must leave us at EL1");
+    // SAFETY: defined by the binary through `entry!`, with the signature declared above.
+    unsafe { __execmem_main() };
+    exit(true)
+}
+
+/// Ends the run: under QEMU (feature `qemu`) through semihosting with the verdict as exit status;
+/// on hardware the CPU parks.
+pub fn exit(success: bool) -> ! {
+    #[cfg(feature = "qemu")]
+    {
+        use qemu_exit::QEMUExit;
+        let semihosting = qemu_exit::AArch64::new();
+        if success {
+            semihosting.exit_success()
+        } else {
+            semihosting.exit_failure()
+        }
+    }
+    #[cfg(not(feature = "qemu"))]
+    {
+        console::write_fmt_emergency(format_args!(
+            "execmem: {}; parked\n",
+            if success {
+                "done"
+            } else {
+                "stopped on an error"
+            }
+        ));
+        cpu::park()
+    }
+}
+
+/// Names the kernel binary's main function: `execmem::entry!(main);` with `fn main()`. When it
+/// returns, the run ends with success.
+#[macro_export]
+macro_rules! entry {
+    ($main:path) => {
+        #[unsafe(no_mangle)]
+        fn __execmem_main() {
+            let main: fn() = $main;
+            main()
+        }
+    };
+}

@@ -1,0 +1,37 @@
+//! execmem: an executable-memory manager for bare-metal AArch64.
+//!
+//! Small executable slots (JIT programs, trampolines, patched code, modules) are packed into shared
+//! 2 MiB packs, each mapped read-only + executable by one level-2 block descriptor, so all code of a
+//! system costs one TLB entry per pack. Exec memory is never writable: code is written through a
+//! short-lived per-CPU writable alias (the fixmap "text poke"), followed by the cache maintenance the
+//! Arm ARM requires for self-modifying code.
+//!
+//! Layers (a reader knows the room from the path):
+//! - portable core, unit-tested on the host: [`cpu`] (ID register decoding), [`fault`] (exception
+//!   syndrome decoding), [`mmu`] (descriptors, tables, audit), [`poke`] (instruction encoding, CMODX
+//!   rules, cache-maintenance plans), [`pack`] (the slot allocator);
+//! - `arch::aarch64`: assembly, system registers, TLB and cache instructions;
+//! - `kernel` and `board`: the bare-metal runtime that hosts the manager (only on `target_os = "none"`).
+
+#![cfg_attr(not(test), no_std)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+pub mod bench;
+pub mod cpu;
+pub mod fault;
+pub mod layout;
+pub mod mmu;
+pub mod pack;
+pub mod poke;
+
+#[cfg(target_arch = "aarch64")]
+pub mod arch;
+
+#[cfg(target_os = "none")]
+pub mod board;
+#[cfg(target_os = "none")]
+pub mod kernel;

@@ -1,0 +1,1 @@
+//! Translation tables: descriptors, tables, audit (placeholder, being written).

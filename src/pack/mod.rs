@@ -1,0 +1,1 @@
+//! Exec slot allocator (placeholder, being written).

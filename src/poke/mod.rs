@@ -1,0 +1,1 @@
+//! Text poke: instruction encoding, CMODX rules, cache maintenance (placeholder, being written).
