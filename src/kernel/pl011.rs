@@ -66,10 +66,9 @@ impl Pl011 {
     /// `base` must be the address of a PL011, accessible as Device memory while the driver lives,
     /// and no other code may drive that UART.
     pub const unsafe fn new(base: usize) -> Self {
-        // SAFETY: forwarded to the caller.
-        Self {
-            regs: unsafe { Mmio::new(base) },
-        }
+        // SAFETY: forwarded to the caller: `base` is a PL011 only this driver uses.
+        let regs = unsafe { Mmio::new(base) };
+        Self { regs }
     }
 
     /// Programs 115200 8N1 with FIFOs for a reference clock of `clock_hz`. The divisor is
