@@ -1,6 +1,7 @@
 //! Physical and virtual memory regions: how a board describes its memory map and how the kernel
 //! reports it. Portable, so the checks run on the host.
 
+use alloc::{vec, vec::Vec};
 use core::fmt::{self, Write};
 
 /// One named, contiguous range of addresses.
@@ -43,6 +44,43 @@ impl Region {
     pub const fn overlaps(&self, other: &Region) -> bool {
         self.start < other.end() && other.start < self.end()
     }
+}
+
+/// The parts of `base` that none of `holes` covers, in address order.
+pub fn subtract(base: Region, holes: &[Region]) -> Vec<Region> {
+    let mut parts = vec![base];
+    for hole in holes {
+        parts = parts
+            .into_iter()
+            .flat_map(|part| {
+                if !part.overlaps(hole) {
+                    return [Some(part), None];
+                }
+                let below = Region::from_bounds(part.name, part.start, hole.start);
+                let above = Region::from_bounds(part.name, hole.end(), part.end());
+                [
+                    (below.size > 0).then_some(below),
+                    (above.size > 0).then_some(above),
+                ]
+            })
+            .flatten()
+            .collect();
+    }
+    parts
+}
+
+/// Reach of one `B`/`BL` (imm26 words): -128 MiB ..= 128 MiB - 4.
+pub const BRANCH_REACH: i64 = 128 << 20;
+
+/// Whether a single `BL` from any instruction in `from` reaches any instruction in `to`
+/// (Arm ARM C6.2.34: offset = imm26 * 4, from -2^27 to 2^27 - 4).
+pub fn branch_reaches(from: &Region, to: &Region) -> bool {
+    if from.size < 4 || to.size < 4 {
+        return false;
+    }
+    let farthest_forward = (to.end() - 4) as i64 - from.start as i64;
+    let farthest_backward = to.start as i64 - (from.end() - 4) as i64;
+    farthest_forward <= BRANCH_REACH - 4 && farthest_backward >= -BRANCH_REACH
 }
 
 impl fmt::Display for Region {
@@ -122,6 +160,40 @@ mod tests {
         assert!(!a.overlaps(&c) && !c.overlaps(&a));
         assert!(a.contains(0x1fff) && !a.contains(0x2000));
         assert_eq!(Region::from_bounds("e", 5, 3).size, 0);
+    }
+
+    #[test]
+    fn subtract_leaves_what_no_hole_covers() {
+        let ram = Region::new("RAM", 0x1000, 0x9000);
+        let holes = [
+            Region::new("h1", 0x2000, 0x1000),
+            Region::new("h2", 0x8000, 0x4000),
+        ];
+        let parts: Vec<(u64, u64)> = subtract(ram, &holes)
+            .iter()
+            .map(|r| (r.start, r.end()))
+            .collect();
+        assert_eq!(parts, [(0x1000, 0x2000), (0x3000, 0x8000)]);
+        assert!(subtract(ram, &[Region::new("all", 0, 0x10_0000)]).is_empty());
+        assert_eq!(subtract(ram, &[]), [ram]);
+    }
+
+    #[test]
+    fn branch_reach_is_checked_both_ways() {
+        let text = Region::new("text", 0x4020_0000, 0x10_0000);
+        let near = Region::new("pool", 0x3c00_0000, 0x400_0000);
+        assert!(branch_reaches(&text, &near) && branch_reaches(&near, &text));
+        // Exactly at the limit: the last instruction of `to` is 128 MiB - 4 after `from`.
+        let a = Region::new("a", 0, 4);
+        let b = Region::new("b", (128 << 20) - 4, 4);
+        assert!(branch_reaches(&a, &b));
+        assert!(branch_reaches(&b, &a));
+        let c = Region::new("c", 128 << 20, 4);
+        assert!(!branch_reaches(&a, &c));
+        assert!(
+            branch_reaches(&c, &a),
+            "backwards the reach is a full 128 MiB"
+        );
     }
 
     #[test]

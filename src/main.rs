@@ -1,14 +1,125 @@
-//! The execmem demo kernel (`make run`): boots, prints the boot report, and exits.
+//! The execmem demo kernel (`make run`): boots, prints the boot report and the address space,
+//! JITs a few functions into an exec pack through the text poke, calls them, patches one live the
+//! way ftrace does (NOP → B), and ends with the page-table audit.
 
 #![cfg_attr(target_os = "none", no_std)]
 #![cfg_attr(target_os = "none", no_main)]
 
 #[cfg(target_os = "none")]
 mod demo {
-    use execmem::kernel::report;
+    use execmem::board;
+    use execmem::kernel::{exec_pool, mmu, poke, report};
+    use execmem::poke::insn::{self, CodeBuf, W0};
+    use execmem::println;
 
     fn main() {
         report::print_boot_report();
+        mmu::print_layout();
+        jit_demo();
+        let violations = exec_pool::audit();
+        println!("audit: {} violations", violations.len());
+        for violation in &violations {
+            println!("  {violation}");
+        }
+    }
+
+    /// A kernel function JIT code reaches with one branch.
+    extern "C" fn triple(x: u32) -> u32 {
+        x * 3
+    }
+
+    fn call(addr: u64) -> u32 {
+        // SAFETY: only called on addresses where a complete function was just written.
+        let f: extern "C" fn() -> u32 = unsafe { core::mem::transmute(addr as usize) };
+        f()
+    }
+
+    fn show(name: &str, code: &CodeBuf) {
+        let listing: alloc::vec::Vec<&str> =
+            code.words().iter().map(|w| insn::mnemonic(*w)).collect();
+        println!(
+            "  {name} @ {:#x}: {} ({} B)",
+            code.base(),
+            listing.join("; "),
+            code.len_bytes()
+        );
+    }
+
+    extern crate alloc;
+
+    fn jit_demo() {
+        let pack = board::EXEC_POOL_VA.start;
+        if let Err(e) = exec_pool::map_pack(pack) {
+            println!("jit: cannot map a pack: {e}");
+            return;
+        }
+        println!(
+            "jit: pack {pack:#x} mapped RX as one 2 MiB block, backed by frame {:#x}, filled with BRK",
+            exec_pool::exec_pa(pack).unwrap_or(0)
+        );
+        println!("jit: cache maintenance: {}", exec_pool::maintenance_plan());
+
+        let mut answer = CodeBuf::new(pack);
+        answer.push(insn::movz(W0, 42, 0).expect("movz"));
+        answer.push(insn::ret());
+
+        // Tail call into the kernel: one B reaches kernel text from the pool (±128 MiB).
+        let mut tail = CodeBuf::new(pack + 0x40);
+        tail.push(insn::movz(W0, 14, 0).expect("movz"));
+        tail.push_b(triple as extern "C" fn(u32) -> u32 as usize as u64)
+            .expect("kernel text is within one branch");
+
+        // A traced function: its first instruction is a NOP an ftrace-style patch turns into B.
+        let mut traced = CodeBuf::new(pack + 0x80);
+        traced.push(insn::nop());
+        traced.push(insn::movz(W0, 1, 0).expect("movz"));
+        traced.push(insn::ret());
+        let mut tracer = CodeBuf::new(pack + 0xc0);
+        tracer.push(insn::movz(W0, 1000, 0).expect("movz"));
+        tracer.push(insn::ret());
+
+        for (name, code) in [
+            ("answer", &answer),
+            ("tail call", &tail),
+            ("traced", &traced),
+            ("tracer", &tracer),
+        ] {
+            if let Err(e) = poke::text_copy(code.base(), &code.as_bytes()) {
+                println!("jit: text_copy of {name} failed: {e}");
+                return;
+            }
+            show(name, code);
+        }
+        println!(
+            "jit: answer() = {}, tail call: triple(14) = {}, traced() = {}",
+            call(answer.base()),
+            call(tail.base()),
+            call(traced.base())
+        );
+
+        let branch = insn::b(traced.base(), tracer.base()).expect("branch in range");
+        match poke::patch_insn(traced.base(), insn::nop(), branch) {
+            Ok(()) => println!(
+                "jit: patched {:#x} live: NOP -> {} (CMODX pair, one aligned store)",
+                traced.base(),
+                insn::mnemonic(branch)
+            ),
+            Err(e) => println!("jit: patch failed: {e}"),
+        }
+        println!(
+            "jit: traced() = {} (redirected to tracer)",
+            call(traced.base())
+        );
+        if poke::patch_insn(traced.base(), branch, insn::nop()).is_ok() {
+            println!("jit: unpatched: traced() = {}", call(traced.base()));
+        }
+        println!(
+            "jit: {} alias mappings, each removed with a broadcast TLBI; fixmap idle",
+            poke::alias_maps()
+        );
+        if let Err(e) = exec_pool::unmap_pack(pack) {
+            println!("jit: unmap failed: {e}");
+        }
     }
 
     execmem::entry!(main);

@@ -31,6 +31,16 @@ pub const DEVICES: &[Region] = &[
 ];
 /// Kernel heap size.
 pub const HEAP_SIZE: u64 = 32 << 20;
+/// VA window for exec packs: 32 packs of 2 MiB from 64 MiB up, within one `BL` of the kernel
+/// text at 0x8_0000 both ways (checked at boot). RAM starts at 0 here, so the window sits inside the
+/// RAM's identity range; the RAM map leaves a hole for it.
+pub const EXEC_POOL_VA: Region = Region::new("exec pool (VA)", 0x0400_0000, 64 << 20);
+/// Physical memory behind the packs: the RAM under the pool window, which the RAM map leaves out
+/// anyway (the pool maps it at the same addresses, but only through 2 MiB RX blocks).
+pub const EXEC_FRAMES: Region = Region::new("exec frames (PA)", 0x0400_0000, 64 << 20);
+/// Fixmap window: the per-CPU 4 KiB text-poke slots in its first 2 MiB, the pack-fill block in the
+/// second (a hole in the RAM map too).
+pub const FIXMAP_VA: Region = Region::new("fixmap (VA)", 0x03c0_0000, 4 << 20);
 
 register_bitfields! {
     u32,

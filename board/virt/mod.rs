@@ -19,6 +19,15 @@ pub const UART_CLOCK_HZ: u32 = 24_000_000;
 pub const DEVICES: &[Region] = &[Region::new("GICv2 GICD+GICC", 0x0800_0000, 0x2_0000), UART];
 /// Kernel heap size.
 pub const HEAP_SIZE: u64 = 32 << 20;
+/// VA window for exec packs: 32 packs of 2 MiB just below RAM, within one `BL` of the kernel text
+/// both ways (checked at boot). Nothing else is mapped there.
+pub const EXEC_POOL_VA: Region = Region::new("exec pool (VA)", 0x3c00_0000, 64 << 20);
+/// Physical memory behind the packs: the top 64 MiB of RAM, which the RAM map leaves out, so exec
+/// memory has no writable identity alias.
+pub const EXEC_FRAMES: Region = Region::new("exec frames (PA)", 0x5c00_0000, 64 << 20);
+/// Fixmap window: the per-CPU 4 KiB text-poke slots in its first 2 MiB, the pack-fill block in the
+/// second.
+pub const FIXMAP_VA: Region = Region::new("fixmap (VA)", 0x3bc0_0000, 4 << 20);
 
 /// The virt UART needs no pin set-up.
 pub fn init_console_pins() {}

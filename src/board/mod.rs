@@ -2,7 +2,7 @@
 //! `board/` (memory map, UART, QEMU flags, boot files) whose `mod.rs` is included here.
 //!
 //! Every board module provides: `NAME`, `DESCRIPTION`, `CPUS`, `RAM`, `UART`, `UART_CLOCK_HZ`,
-//! `DEVICES`, `HEAP_SIZE` and `init_console_pins()`.
+//! `DEVICES`, `HEAP_SIZE`, `EXEC_POOL_VA`, `EXEC_FRAMES`, `FIXMAP_VA` and `init_console_pins()`.
 
 #[cfg(all(feature = "board-virt", feature = "board-rpi4"))]
 compile_error!(

@@ -6,12 +6,16 @@
 //! brings the machine up and calls it.
 
 pub mod console;
+pub mod exec_pool;
 pub mod fault;
 pub mod heap;
 pub mod memory;
 pub mod mmio;
+pub mod mmu;
 mod panic;
 pub mod pl011;
+pub mod poke;
+pub mod rendezvous;
 pub mod report;
 #[cfg(feature = "qemu")]
 pub mod testing;
@@ -56,6 +60,11 @@ fn start(dtb: u64, entry_el: u8) -> ! {
     // (memory::heap_region); this is the only call.
     unsafe { heap::init(memory::heap_region()) };
     assert_eq!(cpu::current_el(), 1, "boot code must leave us at EL1");
+    if let Err(e) = mmu::init() {
+        panic!("address space: {e}");
+    }
+    exec_pool::init();
+    poke::init();
     // SAFETY: defined by the binary through `entry!`, with the signature declared above.
     unsafe { __execmem_main() };
     exit(true)

@@ -1,0 +1,100 @@
+//! Cache maintenance that makes written instructions visible to instruction fetch (Arm ARM B2.4.4,
+//! "Concurrent modification and execution of instructions" and the self-modifying-code sequence):
+//!
+//! 1. `DC CVAU` (or `DC CIVAC` on Cortex-A53) for every data-cache line of the range;
+//! 2. `DSB ISH`, so the cleans complete before any invalidation;
+//! 3. `IC IVAU` for every instruction-cache line of the range;
+//! 4. `DSB ISH`, so the invalidations complete on every CPU;
+//! 5. `ISB`, so this CPU fetches anew (other CPUs need their own context synchronisation).
+//!
+//! CTR_EL0.IDC = 1 removes steps 1–2 but keeps a `DSB ISHST` (the stores must still be visible
+//! before the fetch); CTR_EL0.DIC = 1 removes steps 3–4 but keeps the `ISB`. Which steps run, and the
+//! line sizes (the smallest over all CPUs), come from the portable [`MaintenancePlan`].
+//!
+//! One pass over the whole written range, never one per instruction. The pass is a single
+//! non-inlined function with a stable symbol, `execmem_sync_code_range`, so a test can disassemble
+//! the release image and check the order of the instructions.
+
+use core::arch::asm;
+
+use crate::poke::cache::{Clean, MaintenancePlan};
+
+/// Runs the maintenance `plan` prescribes over the exec addresses `[start, end)`.
+///
+/// The addresses are the executable VAs (RO + X): `DC CVAU`, `DC CIVAC` and `IC IVAU` need only
+/// read permission, and the data cache is physically indexed, so cleaning through the exec VA
+/// reaches the lines written through the text-poke alias.
+#[inline(never)]
+#[unsafe(export_name = "execmem_sync_code_range")]
+pub extern "C" fn sync_code_range(plan: &MaintenancePlan, start: u64, end: u64) {
+    if start >= end {
+        return;
+    }
+    match plan.clean {
+        Clean::Skip => {
+            // SAFETY: a barrier only.
+            unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
+        }
+        Clean::Cvau => {
+            for line in plan.dcache_lines(start, end) {
+                // SAFETY: cleans one line to the point of unification by VA; `line` is in a
+                // readable mapping (the caller's exec range), so it cannot fault.
+                unsafe {
+                    asm!("dc cvau, {line}", line = in(reg) line, options(nostack, preserves_flags))
+                };
+            }
+            // SAFETY: a barrier only.
+            unsafe { asm!("dsb ish", options(nostack, preserves_flags)) };
+        }
+        Clean::Civac => {
+            for line in plan.dcache_lines(start, end) {
+                // SAFETY: clean + invalidate of one line by VA to the point of coherency (the
+                // Cortex-A53 errata workaround); needs only read permission; no data is lost.
+                unsafe {
+                    asm!("dc civac, {line}", line = in(reg) line, options(nostack, preserves_flags))
+                };
+            }
+            // SAFETY: a barrier only.
+            unsafe { asm!("dsb ish", options(nostack, preserves_flags)) };
+        }
+    }
+    if plan.invalidate_icache {
+        for line in plan.icache_lines(start, end) {
+            // SAFETY: invalidates one instruction-cache line by VA to the point of unification, on
+            // every CPU of the inner shareable domain; it changes no data.
+            unsafe {
+                asm!("ic ivau, {line}", line = in(reg) line, options(nostack, preserves_flags))
+            };
+        }
+        // SAFETY: a barrier only.
+        unsafe { asm!("dsb ish", options(nostack, preserves_flags)) };
+    }
+    // SAFETY: a context synchronisation event only.
+    unsafe { asm!("isb", options(nostack, preserves_flags)) };
+}
+
+/// Cleans the data-cache lines of `[start, end)` to the point of unification (`DC CVAU`, or
+/// `DC CIVAC` on Cortex-A53), then `DSB ISH`; with CTR_EL0.IDC = 1 only the `DSB ISHST`. Used after
+/// filling a fresh pack through its writable alias, before the frame is mapped executable.
+pub fn clean_data_range(plan: &MaintenancePlan, start: u64, end: u64) {
+    let clean_only = MaintenancePlan {
+        invalidate_icache: false,
+        ..*plan
+    };
+    // The pass minus the I-side steps; its final ISB is harmless.
+    sync_code_range(&clean_only, start, end);
+}
+
+/// Invalidates every instruction cache of the inner shareable domain (`IC IALLUIS; DSB ISH; ISB`):
+/// one instruction where a per-line pass over a whole 2 MiB pack would take 32768.
+pub fn invalidate_icache_all() {
+    // SAFETY: invalidates instruction caches only; no data changes. The ISB refetches.
+    unsafe {
+        asm!(
+            "ic ialluis",
+            "dsb ish",
+            "isb",
+            options(nostack, preserves_flags)
+        )
+    };
+}

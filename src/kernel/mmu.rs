@@ -1,0 +1,312 @@
+//! The kernel's address space, built once at boot from the board's memory map and the linked image,
+//! then switched on with `SCTLR_EL1.WXN` set.
+//!
+//! ```text
+//!  VA (identity for everything but the exec pool)
+//!  ┌──────────────────────┐
+//!  │ devices              │ Device-nGnRE, RW, XN
+//!  ├──────────────────────┤
+//!  │ fixmap window        │ per-CPU 4 KiB text-poke slots: invalid unless that CPU is poking;
+//!  │                      │ pack-fill block: invalid unless a fresh pack is being filled
+//!  ├──────────────────────┤
+//!  │ exec pool window     │ 2 MiB packs, each one L2 block, RO + executable (never writable)
+//!  ├──────────────────────┤   ▲ within one BL (±128 MiB) of kernel .text, both ways
+//!  │ kernel .text         │ RO + X
+//!  │ kernel .rodata       │ RO, XN
+//!  │ kernel .data/.bss    │ RW, XN
+//!  │ guard | stack (×4)   │ guard unmapped; stack RW, XN
+//!  │ heap                 │ RW, XN (2 MiB blocks)
+//!  │ rest of RAM          │ RW, XN — except the exec frames, which are mapped nowhere
+//!  └──────────────────────┘
+//! ```
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use spin::{Mutex, Once};
+
+use crate::arch::aarch64::{cpu, mmu as hw};
+use crate::board;
+use crate::kernel::memory::{self, KernelImage};
+use crate::layout::{self, Region, Size};
+use crate::mmu::{AddressSpace, El1And0, Granularity, MapError, NoMaintenance, Role};
+
+/// The live kernel tables. Changes go through [`with_tables`] with [`hw::BroadcastTlb`].
+static TABLES: Mutex<Option<AddressSpace<El1And0>>> = Mutex::new(None);
+
+/// What boot mapped, in order, for the layout report.
+static PLAN: Once<Vec<Mapping>> = Once::new();
+
+/// One region of the boot-time map and the role it is mapped with.
+#[derive(Clone, Copy, Debug)]
+pub struct Mapping {
+    /// The addresses (VA = PA).
+    pub region: Region,
+    /// Its attributes.
+    pub role: Role,
+}
+
+/// Why the address space could not be set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayoutError {
+    /// A region the layout requires to be 2 MiB aligned is not.
+    NotBlockAligned(Region),
+    /// The exec pool is not within one `BL` of the kernel text, both ways.
+    OutOfBranchReach {
+        /// The pool window.
+        pool: Region,
+        /// The kernel text.
+        text: Region,
+    },
+    /// Two regions that must be disjoint overlap.
+    Overlap(Region, Region),
+    /// The pool has more packs than the allocator tracks.
+    PoolTooLarge(Region),
+    /// The fixmap window has no room for one poke slot per CPU plus the fill block.
+    FixmapTooSmall(Region),
+    /// A region is not inside RAM.
+    OutsideRam(Region),
+    /// The tables refused a mapping.
+    Map(Region, MapError),
+}
+
+impl fmt::Display for LayoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotBlockAligned(r) => write!(f, "{} is not 2 MiB aligned: {r}", r.name),
+            Self::OutOfBranchReach { pool, text } => {
+                write!(
+                    f,
+                    "exec pool {pool} is not within one BL (±128 MiB) of {text}"
+                )
+            }
+            Self::Overlap(a, b) => write!(f, "{} overlaps {}: {a} / {b}", a.name, b.name),
+            Self::PoolTooLarge(r) => write!(f, "exec pool has more than 64 packs: {r}"),
+            Self::FixmapTooSmall(r) => write!(f, "fixmap window too small: {r}"),
+            Self::OutsideRam(r) => write!(f, "{} is not inside RAM: {r}", r.name),
+            Self::Map(r, e) => write!(f, "cannot map {r}: {e}"),
+        }
+    }
+}
+
+/// The poke slot of `cpu` in the fixmap window.
+pub fn fixmap_poke_slot(cpu: usize) -> u64 {
+    board::FIXMAP_VA.start + (cpu as u64) * crate::mmu::PAGE_SIZE
+}
+
+/// The 2 MiB block of the fixmap window used to fill a fresh pack before it is mapped executable.
+pub fn fixmap_fill_block() -> u64 {
+    board::FIXMAP_VA.start + crate::mmu::BLOCK_SIZE_2M
+}
+
+/// Checks the board's exec layout against the linked kernel: alignment, branch reach, no overlap.
+pub fn check_exec_layout(image: &KernelImage) -> Result<(), LayoutError> {
+    let pool = board::EXEC_POOL_VA;
+    let frames = board::EXEC_FRAMES;
+    let fixmap = board::FIXMAP_VA;
+    for region in [pool, frames, fixmap] {
+        if !region.start.is_multiple_of(crate::mmu::BLOCK_SIZE_2M)
+            || !region.size.is_multiple_of(crate::mmu::BLOCK_SIZE_2M)
+        {
+            return Err(LayoutError::NotBlockAligned(region));
+        }
+    }
+    if pool.size / crate::mmu::BLOCK_SIZE_2M > 64 {
+        return Err(LayoutError::PoolTooLarge(pool));
+    }
+    if fixmap.size < 2 * crate::mmu::BLOCK_SIZE_2M {
+        return Err(LayoutError::FixmapTooSmall(fixmap));
+    }
+    if !(layout::branch_reaches(&pool, &image.text) && layout::branch_reaches(&image.text, &pool)) {
+        return Err(LayoutError::OutOfBranchReach {
+            pool,
+            text: image.text,
+        });
+    }
+    let ram = board::RAM;
+    if frames.start < ram.start || frames.end() > ram.end() {
+        return Err(LayoutError::OutsideRam(frames));
+    }
+    let heap = memory::heap_region();
+    let fixed = [image.all(), heap, pool, fixmap];
+    for (i, a) in fixed.iter().enumerate() {
+        for b in &fixed[i + 1..] {
+            if a.overlaps(b) {
+                return Err(LayoutError::Overlap(*a, *b));
+            }
+        }
+        if a.overlaps(&frames) && a.name != pool.name {
+            return Err(LayoutError::Overlap(*a, frames));
+        }
+    }
+    Ok(())
+}
+
+/// The boot-time map: every region, its role, and how it is cut into descriptors.
+fn boot_plan(image: &KernelImage) -> Vec<(Region, Role, Granularity)> {
+    let mut plan = alloc::vec![
+        (image.text, Role::Code, Granularity::Pages),
+        (image.rodata, Role::Rodata, Granularity::Pages),
+        (image.data, Role::Data, Granularity::Pages),
+    ];
+    for cpu in 0..image.stack_count() {
+        let mut stack = image.stack(cpu);
+        stack.name = "boot stack";
+        plan.push((stack, Role::Data, Granularity::Pages));
+    }
+    let heap = memory::heap_region();
+    plan.push((heap, Role::Data, Granularity::Auto));
+    // The rest of RAM, minus what must not be reachable through a writable identity alias (exec
+    // frames), VAs used for something else (pool, fixmap), and the null page.
+    let holes = [
+        Region::from_bounds("kernel", image.text.start, image.stacks.end()),
+        heap,
+        board::EXEC_FRAMES,
+        board::EXEC_POOL_VA,
+        board::FIXMAP_VA,
+        Region::new("null page", 0, crate::mmu::PAGE_SIZE),
+    ];
+    for mut part in layout::subtract(board::RAM, &holes) {
+        part.name = "RAM";
+        plan.push((part, Role::Data, Granularity::Auto));
+    }
+    for device in board::DEVICES {
+        let page = crate::mmu::PAGE_SIZE;
+        let start = device.start / page * page;
+        let end = device.end().next_multiple_of(page);
+        plan.push((
+            Region::from_bounds(device.name, start, end),
+            Role::Device,
+            Granularity::Pages,
+        ));
+    }
+    plan
+}
+
+/// Builds the kernel tables and turns the MMU on. Runs once, on CPU 0, with the MMU off.
+pub fn init() -> Result<(), LayoutError> {
+    let image = KernelImage::current();
+    check_exec_layout(&image)?;
+    let plan = boot_plan(&image);
+    let mut tables = AddressSpace::<El1And0>::new().map_err(|e| LayoutError::Map(board::RAM, e))?;
+    // The tables are not live yet: no TLB maintenance is needed while building them.
+    let mut not_live = NoMaintenance;
+    for &(region, role, granularity) in &plan {
+        tables
+            .map(
+                region.start,
+                region.start,
+                region.size,
+                role,
+                granularity,
+                &mut not_live,
+            )
+            .map_err(|e| LayoutError::Map(region, e))?;
+    }
+    // Level-3 entries for the poke slots exist from boot (invalid), so a poke only ever writes one
+    // leaf entry and never allocates.
+    let slots = Region::new(
+        "fixmap poke slots",
+        board::FIXMAP_VA.start,
+        board::CPUS as u64 * crate::mmu::PAGE_SIZE,
+    );
+    tables
+        .reserve_pages(slots.start, slots.size, &mut not_live)
+        .map_err(|e| LayoutError::Map(slots, e))?;
+
+    // SAFETY: the plan identity-maps the whole kernel image (this code, its data, every boot
+    // stack), the heap holding the tables, and the console UART; later changes go through
+    // `with_tables` and BroadcastTlb.
+    unsafe { hw::enable(tables.root_pa(), cpu::midr()) };
+    *TABLES.lock() = Some(tables);
+    PLAN.call_once(|| {
+        plan.iter()
+            .map(|&(region, role, _)| Mapping { region, role })
+            .collect()
+    });
+    Ok(())
+}
+
+/// Runs `f` on the live kernel tables, under their lock. Changes must use
+/// [`hw::BroadcastTlb`] for maintenance.
+pub fn with_tables<T>(f: impl FnOnce(&mut AddressSpace<El1And0>) -> T) -> T {
+    let mut guard = TABLES.lock();
+    let tables = guard
+        .as_mut()
+        .expect("kernel::mmu::init runs before anything maps");
+    f(tables)
+}
+
+/// What boot mapped, with roles (empty before `init`).
+pub fn boot_mappings() -> &'static [Mapping] {
+    PLAN.get().map_or(&[], Vec::as_slice)
+}
+
+/// Prints the boot-time layout: VA ranges, sizes and roles, then the windows the manager owns.
+pub fn print_layout() {
+    crate::println!(
+        "address space (VA = PA except the exec pool; SCTLR_EL1.WXN = {}):",
+        u8::from(hw::wxn_enabled())
+    );
+    let mut mappings: Vec<Mapping> = boot_mappings().to_vec();
+    mappings.sort_by_key(|m| m.region.start);
+    for m in &mappings {
+        crate::println!(
+            "  {:#012x}..{:#012x} {:>9}  {:<9} {}",
+            m.region.start,
+            m.region.end(),
+            Size(m.region.size),
+            role_name(m.role),
+            m.region.name
+        );
+    }
+    let image = KernelImage::current();
+    for cpu in 0..image.stack_count() {
+        let guard = image.stack_guard(cpu);
+        crate::println!(
+            "  {:#012x}..{:#012x} {:>9}  {:<9} stack guard, CPU {cpu}",
+            guard.start,
+            guard.end(),
+            Size(guard.size),
+            "unmapped"
+        );
+    }
+    let fixmap = board::FIXMAP_VA;
+    crate::println!(
+        "  {:#012x}..{:#012x} {:>9}  {:<9} fixmap: {} poke slots + pack-fill block, invalid when idle",
+        fixmap.start,
+        fixmap.end(),
+        Size(fixmap.size),
+        "RW XN",
+        board::CPUS
+    );
+    let pool = board::EXEC_POOL_VA;
+    crate::println!(
+        "  {:#012x}..{:#012x} {:>9}  {:<9} exec pool: {} packs of 2 MiB, one L2 block each",
+        pool.start,
+        pool.end(),
+        Size(pool.size),
+        "RO X",
+        pool.size >> 21
+    );
+    let frames = board::EXEC_FRAMES;
+    crate::println!(
+        "  {:#012x}..{:#012x} {:>9}  {:<9} exec frames (PA): mapped only through pool blocks",
+        frames.start,
+        frames.end(),
+        Size(frames.size),
+        "-"
+    );
+}
+
+/// Short attribute text for a role.
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Code => "RO X",
+        Role::Rodata => "RO XN",
+        Role::Data => "RW XN",
+        Role::Device => "device",
+        Role::ExecPool => "RO X",
+        Role::PokeAlias => "RW XN",
+    }
+}

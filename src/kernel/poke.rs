@@ -1,0 +1,177 @@
+//! Text poke on the hardware: the only way code gets into exec memory.
+//!
+//! Exec packs are mapped RO + X and never writable. To write, this CPU maps the physical page
+//! behind the destination (found in the exec pool's own records) at its fixmap slot as RW + PXN +
+//! UXN, with interrupts masked, stores, and unmaps it again with a broadcast TLB invalidation — page
+//! by page for ranges that cross pages. Then one cache-maintenance pass over the whole range makes
+//! the new code visible to instruction fetch (see `arch::aarch64::cache`).
+
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+
+use aarch64_cpu::registers::{DAIF, Readable, Writeable};
+
+use crate::arch::aarch64::{cache, cpu, mmu::BroadcastTlb};
+use crate::board;
+use crate::kernel::{exec_pool, mmu};
+use crate::mmu::{AddressSpace, El1And0, PAGE_SIZE, Role, TlbMaintenance};
+use crate::poke::{self, ExecRegion, INSN_BYTES, PokeError};
+
+/// The level-3 entry of each CPU's poke slot (stable: reserved at boot, tables are never freed).
+static SLOT_ENTRIES: [AtomicPtr<u64>; board::CPUS] =
+    [const { AtomicPtr::new(ptr::null_mut()) }; board::CPUS];
+
+/// Pokes done (pages mapped through the alias), for reports and tests.
+static ALIAS_MAPS: AtomicUsize = AtomicUsize::new(0);
+
+/// Finds the fixmap entries. Runs at boot, after the MMU is on.
+pub fn init() {
+    for (cpu, entry) in SLOT_ENTRIES.iter().enumerate() {
+        let slot = mmu::fixmap_poke_slot(cpu);
+        let found = mmu::with_tables(|t| t.leaf_entry_ptr(slot));
+        entry.store(
+            found.map_or(ptr::null_mut(), |p| p.as_ptr()),
+            Ordering::Release,
+        );
+    }
+}
+
+/// How many 4 KiB alias mappings all pokes so far have made.
+pub fn alias_maps() -> usize {
+    ALIAS_MAPS.load(Ordering::Relaxed)
+}
+
+/// The pack holding `dst`, if it is mapped.
+fn pack_of(dst: u64) -> Result<ExecRegion, PokeError> {
+    exec_pool::exec_pa(dst).ok_or(PokeError::NotExecMemory { addr: dst })?;
+    let start = dst - (dst - board::EXEC_POOL_VA.start) % crate::mmu::BLOCK_SIZE_2M;
+    Ok(ExecRegion::pack(start, start + crate::mmu::BLOCK_SIZE_2M))
+}
+
+/// Copies `src` to exec address `dst` (Linux `text_poke_copy`). The range must lie in one mapped
+/// pack.
+pub fn text_copy(dst: u64, src: &[u8]) -> Result<(), PokeError> {
+    text_copy_within(pack_of(dst)?, dst, src)
+}
+
+/// Copies `src` to `dst`, which must stay inside `region` (a slot or a pack).
+pub fn text_copy_within(region: ExecRegion, dst: u64, src: &[u8]) -> Result<(), PokeError> {
+    poke::check_range(dst, src.len(), region)?;
+    pack_of(dst)?;
+    write_through_alias(dst, src.len(), |alias, offset, len| {
+        // SAFETY: `alias` is this CPU's RW mapping of the page behind dst + offset, `len` bytes fit
+        // in it (write_through_alias cuts at page boundaries), and `src` is ordinary memory.
+        unsafe { ptr::copy_nonoverlapping(src.as_ptr().add(offset), alias, len) };
+    });
+    Ok(())
+}
+
+/// Writes `count` copies of the instruction `insn` from `dst` (Linux `aarch64_insn_set`), e.g. BRK.
+pub fn text_set(dst: u64, insn: u32, count: usize) -> Result<(), PokeError> {
+    text_set_within(pack_of(dst)?, dst, insn, count)
+}
+
+/// [`text_set`] limited to `region`.
+pub fn text_set_within(
+    region: ExecRegion,
+    dst: u64,
+    insn: u32,
+    count: usize,
+) -> Result<(), PokeError> {
+    poke::check_insn_aligned(dst)?;
+    let len = count.checked_mul(INSN_BYTES).ok_or(PokeError::PastEnd {
+        dst,
+        len: usize::MAX,
+        region,
+    })?;
+    poke::check_range(dst, len, region)?;
+    pack_of(dst)?;
+    write_through_alias(dst, len, |alias, _, len| {
+        let words = alias.cast::<u32>();
+        for i in 0..len / INSN_BYTES {
+            // SAFETY: 4-byte aligned (dst is aligned and chunks split at page boundaries) and inside
+            // the alias page.
+            unsafe { words.add(i).write_volatile(insn) };
+        }
+    });
+    Ok(())
+}
+
+/// Reads the instruction at exec address `addr` (exec memory is readable).
+pub fn read_insn(addr: u64) -> Result<u32, PokeError> {
+    poke::check_insn_aligned(addr)?;
+    pack_of(addr)?;
+    // SAFETY: `addr` is aligned and inside a mapped pack (RO + X, readable).
+    Ok(unsafe { ptr::read_volatile(addr as *const u32) })
+}
+
+/// Replaces one instruction in code that may be running on other CPUs: a single aligned 32-bit
+/// store, allowed only when both the old and the new instruction are in the CMODX set (Arm ARM
+/// B2.2.5), so every CPU executes either the old or the new one. `expected_old` must match what is
+/// there. Any other change needs [`patch_batch`].
+pub fn patch_insn(addr: u64, expected_old: u32, new: u32) -> Result<(), PokeError> {
+    let found = read_insn(addr)?;
+    poke::check_old(addr, expected_old, found)?;
+    poke::check_pair(found, new)?;
+    write_through_alias(addr, INSN_BYTES, |alias, _, _| {
+        // SAFETY: one aligned 32-bit store into the alias page (the CMODX single-copy-atomic write).
+        unsafe { alias.cast::<u32>().write_volatile(new) };
+    });
+    Ok(())
+}
+
+/// Arbitrary instruction changes, made while every other online CPU waits in a rendezvous and
+/// then executes an ISB (Linux's `stop_machine` pattern for `aarch64_insn_patch_text`). Every
+/// address is checked first; on any error nothing is written.
+pub fn patch_batch(patches: &[(u64, u32)]) -> Result<(), PokeError> {
+    for &(addr, _) in patches {
+        poke::check_insn_aligned(addr)?;
+        pack_of(addr)?;
+    }
+    super::rendezvous::stop_others_and_run(|| {
+        for &(addr, new) in patches {
+            write_through_alias(addr, INSN_BYTES, |alias, _, _| {
+                // SAFETY: one aligned 32-bit store into the alias page; the others are stopped.
+                unsafe { alias.cast::<u32>().write_volatile(new) };
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Maps each page of `[dst, dst + len)` at this CPU's fixmap slot in turn, lets `write` store
+/// through it (alias pointer, offset into the range, bytes in this page), unmaps it, then runs one
+/// cache-maintenance pass over the whole range. The caller has checked the range.
+fn write_through_alias(dst: u64, len: usize, mut write: impl FnMut(*mut u8, usize, usize)) {
+    let cpu = cpu::cpu_id();
+    let slot = mmu::fixmap_poke_slot(cpu);
+    let entry = SLOT_ENTRIES[cpu].load(Ordering::Acquire);
+    assert!(!entry.is_null(), "poke::init runs at boot");
+    let mut tlb = BroadcastTlb;
+
+    let mut offset = 0;
+    while offset < len {
+        let at = dst + offset as u64;
+        let in_page = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(len - offset);
+        let pa = exec_pool::exec_pa(at).expect("checked by the caller") & !(PAGE_SIZE - 1);
+        let alias = AddressSpace::<El1And0>::page_descriptor(pa, Role::PokeAlias)
+            .expect("exec frames are page-aligned RAM");
+
+        // Interrupts stay masked while the writable alias exists: nothing else runs on this CPU
+        // and sees it, and the alias is never left behind by a preemption.
+        let daif = DAIF.get();
+        DAIF.write(DAIF::I::Masked + DAIF::F::Masked + DAIF::A::Masked + DAIF::D::Masked);
+        // SAFETY: `entry` is this CPU's reserved, invalid fixmap L3 entry; only this CPU writes it.
+        unsafe { entry.write_volatile(alias) };
+        tlb.publish();
+        write((slot + at % PAGE_SIZE) as *mut u8, offset, in_page);
+        // SAFETY: as above; the alias is removed before interrupts are unmasked.
+        unsafe { entry.write_volatile(0) };
+        tlb.invalidate_va(slot, 3);
+        DAIF.set(daif);
+        ALIAS_MAPS.fetch_add(1, Ordering::Relaxed);
+
+        offset += in_page;
+    }
+    cache::sync_code_range(exec_pool::maintenance_plan(), dst, dst + len as u64);
+}

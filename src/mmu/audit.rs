@@ -1,0 +1,540 @@
+//! Audit of live translation tables: the W^X guarantee and the exec-pool layout, checked on what
+//! the hardware walks rather than on what the allocator believes it mapped.
+//!
+//! The audit starts from a root table's physical address (the value in TTBR0), visits every
+//! valid leaf with the limits of the table descriptors above it (Arm ARM D8.4, hierarchical
+//! permissions), computes the effective privileged permissions (including SCTLR_ELx.WXN, D8.4)
+//! and reports every rule broken, one [`Violation`] per leaf and rule.
+//!
+//! It assumes the hierarchical permissions are in force, i.e. TCR_ELx.HPD = 0: with FEAT_HPDS
+//! and HPD = 1 the hardware ignores APTable, PXNTable and (U)XNTable, and a W+X leaf hidden
+//! under a table limit would be missed. The kernel must leave HPD clear.
+
+use alloc::vec::Vec;
+use core::fmt;
+use core::ops::Range;
+
+use super::descriptor::{Permissions, Regime, Role};
+use super::table::{AddressSpace, Leaf, walk_root};
+
+/// What the audit needs to know about the exec-memory layout.
+#[derive(Clone, Debug, Default)]
+pub struct AuditContext<'a> {
+    /// SCTLR_ELx.WXN as it is set: with WXN, a writable mapping is never executable (D8.4).
+    pub wxn: bool,
+    /// The VA window of the exec pool: only 2 MiB pack blocks may be mapped there.
+    pub exec_pool_va: Range<u64>,
+    /// The physical frames that back the exec pool: no writable view of them may exist, except
+    /// the active poke slot.
+    pub exec_frames_pa: Range<u64>,
+    /// The fixmap window of text-poke slots: empty when no poke is in progress.
+    pub fixmap_va: Range<u64>,
+    /// The fixmap VA of the slot of the poke in progress, if any.
+    pub active_poke: Option<u64>,
+    /// The VAs of the packs the allocator holds live: each must be one level-2 block.
+    pub live_packs: &'a [u64],
+}
+
+/// A rule of the W^X and exec-pool invariants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rule {
+    /// A mapping is writable and executable at the privileged level.
+    WritableExecutable,
+    /// A writable mapping overlaps exec-pool frames and is not the active poke slot.
+    WritableAliasOfExecMemory,
+    /// A mapping in the exec-pool window is not a level-2 block, or a live pack is not mapped by
+    /// one level-2 block.
+    PackNotBlock,
+    /// A pack block's attributes are not exactly those of [`Role::ExecPool`], or the tables
+    /// above it take execute permission away.
+    PackAttributes,
+    /// A fixmap slot is valid while it is not the active poke slot.
+    FixmapLiveWhenIdle,
+}
+
+impl Rule {
+    /// What the rule forbids, in a few words.
+    pub const fn description(self) -> &'static str {
+        match self {
+            Self::WritableExecutable => "writable and executable",
+            Self::WritableAliasOfExecMemory => "writable alias of exec-pool memory",
+            Self::PackNotBlock => "exec pack not mapped by one 2 MiB block",
+            Self::PackAttributes => "exec pack attributes differ from ExecPool",
+            Self::FixmapLiveWhenIdle => "fixmap slot valid outside a poke",
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.description())
+    }
+}
+
+/// One rule broken by one leaf (or one live pack with no block).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// First VA of the leaf, or the live pack's VA.
+    pub va: u64,
+    /// Lookup level of the leaf (2 for a live pack with nothing mapped).
+    pub level: u8,
+    /// The raw leaf descriptor (0 if nothing is mapped).
+    pub raw: u64,
+    /// Effective privileged permissions of the leaf; `None` if nothing is mapped.
+    pub permissions: Option<Permissions>,
+    /// The rule broken.
+    pub rule: Rule,
+}
+
+impl fmt::Display for Violation {
+    /// One line: `0x3c000000 L2 block RW X: writable and executable`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x} L{} ", self.va, self.level)?;
+        match self.permissions {
+            None => write!(f, "unmapped")?,
+            Some(permissions) => {
+                let kind = if self.level == 3 { "page" } else { "block" };
+                write!(f, "{kind} {permissions}")?;
+            }
+        }
+        write!(f, ": {}", self.rule)
+    }
+}
+
+/// Audits the tables under `root_pa` of regime `R` and returns every violation, in VA order
+/// (the live-pack checks last).
+///
+/// # Safety
+///
+/// As for [`walk_root`]: `root_pa` is the identity-mapped address of a readable level-1 table,
+/// every table descriptor reachable from it points to a readable 4 KiB table, and none of them
+/// is freed during the call.
+pub unsafe fn audit_root<R: Regime>(root_pa: u64, context: &AuditContext<'_>) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    // For each live pack, the leaf that maps its first byte, if any.
+    let mut pack_leaves: Vec<Option<Leaf<R>>> = Vec::new();
+    pack_leaves.resize(context.live_packs.len(), None);
+    let visit = |leaf: &Leaf<R>| {
+        check_leaf(leaf, context, &mut violations);
+        for (slot, &pack) in pack_leaves.iter_mut().zip(context.live_packs) {
+            if (leaf.va..leaf.va + leaf.size).contains(&pack) {
+                *slot = Some(*leaf);
+            }
+        }
+    };
+    // SAFETY: the caller's contract is that of `walk_root`.
+    unsafe { walk_root::<R>(root_pa, visit) };
+
+    for (&pack, leaf) in context.live_packs.iter().zip(pack_leaves) {
+        let violation = match leaf {
+            Some(leaf) if leaf.level == 2 && leaf.va == pack => continue,
+            Some(leaf) => Violation {
+                va: pack,
+                level: leaf.level,
+                raw: leaf.raw,
+                permissions: Some(leaf.permissions(context.wxn)),
+                rule: Rule::PackNotBlock,
+            },
+            None => Violation {
+                va: pack,
+                level: 2,
+                raw: 0,
+                permissions: None,
+                rule: Rule::PackNotBlock,
+            },
+        };
+        // A page at the pack's VA inside the window was reported by the walk already.
+        if !violations.contains(&violation) {
+            violations.push(violation);
+        }
+    }
+    violations
+}
+
+impl<R: Regime> AddressSpace<R> {
+    /// Audits this address space (see [`audit_root`]).
+    pub fn audit(&self, context: &AuditContext<'_>) -> Vec<Violation> {
+        // SAFETY: the root and every table reachable from it are owned by `self` and freed only
+        // when it is dropped (the `AddressSpace` invariant).
+        unsafe { audit_root::<R>(self.root_pa(), context) }
+    }
+}
+
+fn overlaps(a: &Range<u64>, b: &Range<u64>) -> bool {
+    !a.is_empty() && !b.is_empty() && a.start < b.end && b.start < a.end
+}
+
+/// The per-leaf rules.
+fn check_leaf<R: Regime>(leaf: &Leaf<R>, context: &AuditContext<'_>, out: &mut Vec<Violation>) {
+    let permissions = leaf.permissions(context.wxn);
+    let mut report = |rule| {
+        out.push(Violation {
+            va: leaf.va,
+            level: leaf.level,
+            raw: leaf.raw,
+            permissions: Some(permissions),
+            rule,
+        });
+    };
+    let va_range = leaf.va..leaf.va + leaf.size;
+    let pa_range = leaf.pa..leaf.pa + leaf.size;
+    let is_active_poke = context.active_poke == Some(leaf.va)
+        && leaf.level == 3
+        && context.fixmap_va.contains(&leaf.va);
+
+    if permissions.write && permissions.exec {
+        report(Rule::WritableExecutable);
+    }
+    if permissions.write && overlaps(&pa_range, &context.exec_frames_pa) && !is_active_poke {
+        report(Rule::WritableAliasOfExecMemory);
+    }
+    if overlaps(&va_range, &context.exec_pool_va) {
+        if leaf.level != 2 {
+            report(Rule::PackNotBlock);
+        } else if !is_exec_pack(leaf) {
+            report(Rule::PackAttributes);
+        }
+    }
+    if overlaps(&va_range, &context.fixmap_va) && !is_active_poke {
+        report(Rule::FixmapLiveWhenIdle);
+    }
+}
+
+/// Exactly the [`Role::ExecPool`] bits, and executable read-only once the table limits apply.
+fn is_exec_pack<R: Regime>(leaf: &Leaf<R>) -> bool {
+    let read_exec = Permissions {
+        read: true,
+        write: false,
+        exec: true,
+    };
+    leaf.attrs == R::role_attributes(Role::ExecPool) && leaf.permissions(false) == read_exec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mmu::{BLOCK_SIZE_2M, El1And0, El2, Granularity, NoMaintenance, TableAttributes};
+    use Granularity::{Auto, Block2M, Pages};
+    use Role::{Code, Data, Device, ExecPool, PokeAlias, Rodata};
+    use Rule::*;
+
+    const M2: u64 = BLOCK_SIZE_2M;
+    const K4: u64 = crate::mmu::PAGE_SIZE;
+    const POOL_VA: u64 = 0x3c00_0000;
+    const FRAMES_PA: u64 = 0x4800_0000;
+    const FIXMAP_VA: u64 = 0x3F_FFE0_0000;
+    const PACKS: [u64; 2] = [POOL_VA, POOL_VA + M2];
+    const NONE: TableAttributes = TableAttributes::NONE;
+
+    /// Exec pool of 8 packs (two live), fixmap window of 8 slots, WXN clear, no poke.
+    fn context(live_packs: &[u64]) -> AuditContext<'_> {
+        AuditContext {
+            wxn: false,
+            exec_pool_va: POOL_VA..POOL_VA + 8 * M2,
+            exec_frames_pa: FRAMES_PA..FRAMES_PA + 8 * M2,
+            fixmap_va: FIXMAP_VA..FIXMAP_VA + 8 * K4,
+            active_poke: None,
+            live_packs,
+        }
+    }
+
+    /// Maps with no maintenance (the tables are not live).
+    fn map<R: Regime>(space: &mut AddressSpace<R>, va: u64, pa: u64, size: u64, role: Role) {
+        let granularity = if role == ExecPool { Block2M } else { Auto };
+        space
+            .map(va, pa, size, role, granularity, &mut NoMaintenance)
+            .expect("map");
+    }
+
+    /// A kernel-like space: text, rodata, data, MMIO, two packs, a reserved fixmap window.
+    fn clean<R: Regime>() -> AddressSpace<R> {
+        let mut space = AddressSpace::<R>::new().expect("root");
+        map(&mut space, 0x4008_0000, 0x4008_0000, 0x10000, Code);
+        map(&mut space, 0x4009_0000, 0x4009_0000, 0x8000, Rodata);
+        map(&mut space, 0x4020_0000, 0x4020_0000, 3 * M2, Data);
+        map(&mut space, 0x0900_0000, 0x0900_0000, K4, Device);
+        map(&mut space, PACKS[0], FRAMES_PA, M2, ExecPool);
+        map(&mut space, PACKS[1], FRAMES_PA + M2, M2, ExecPool);
+        space
+            .reserve_pages(FIXMAP_VA, 8 * K4, &mut NoMaintenance)
+            .expect("fixmap");
+        space
+    }
+
+    fn rules(violations: &[Violation]) -> Vec<(u64, Rule)> {
+        violations.iter().map(|v| (v.va, v.rule)).collect()
+    }
+
+    /// Sets table-descriptor limits on the entry for `va` at `level`.
+    fn limit<R: Regime>(space: &mut AddressSpace<R>, va: u64, level: u8, attrs: TableAttributes) {
+        patch(space, va, level, |raw| raw | attrs.bits());
+    }
+
+    /// Rewrites the entry for `va` at `level`: the raw bits the API refuses to build.
+    fn patch<R: Regime>(space: &mut AddressSpace<R>, va: u64, level: u8, f: impl Fn(u64) -> u64) {
+        let entry = space.entry_for_test(va, level).expect("entry");
+        // SAFETY: an entry of a live table of this space, which nothing else accesses now.
+        unsafe { entry.write_volatile(f(entry.read_volatile())) };
+    }
+
+    #[test]
+    fn clean_space_reports_nothing() {
+        assert_eq!(clean::<El1And0>().audit(&context(&PACKS)), vec![]);
+        let wxn = AuditContext {
+            wxn: true,
+            ..context(&PACKS)
+        };
+        assert_eq!(clean::<El2>().audit(&wxn), vec![]);
+    }
+
+    #[test]
+    fn active_poke_slot_is_the_one_allowed_alias() {
+        let space = clean::<El1And0>();
+        let slot = space.leaf_entry_ptr(FIXMAP_VA).expect("reserved");
+        let raw = El1And0::page_descriptor(FRAMES_PA + 0x3000, PokeAlias).expect("ok");
+        // SAFETY: a reserved fixmap entry of a live space, written once, as the poke path does.
+        unsafe { slot.as_ptr().write_volatile(raw) };
+        let poking = AuditContext {
+            active_poke: Some(FIXMAP_VA),
+            ..context(&PACKS)
+        };
+        assert_eq!(space.audit(&poking), vec![]);
+        // The same slot with no poke in progress: left valid, and a writable alias of a pack.
+        let idle = rules(&space.audit(&context(&PACKS)));
+        assert_eq!(
+            idle,
+            vec![
+                (FIXMAP_VA, WritableAliasOfExecMemory),
+                (FIXMAP_VA, FixmapLiveWhenIdle)
+            ]
+        );
+        // Another slot named as the active one does not cover this one.
+        let other = AuditContext {
+            active_poke: Some(FIXMAP_VA + K4),
+            ..context(&PACKS)
+        };
+        assert_eq!(space.audit(&other).len(), 2);
+    }
+
+    #[test]
+    fn writable_executable_unless_wxn() {
+        let mut space = clean::<El1And0>();
+        let va = POOL_VA - 2 * M2;
+        map(&mut space, va, 0x1_0000_0000, M2, Data);
+        // Clear PXN: EL1 may now execute a writable block.
+        patch(&mut space, va, 2, |raw| raw & !(1 << 53));
+        let violations = space.audit(&context(&PACKS));
+        assert_eq!(rules(&violations), vec![(va, WritableExecutable)]);
+        assert_eq!(
+            violations[0].to_string(),
+            "0x3bc00000 L2 block RW X: writable and executable"
+        );
+        // SCTLR.WXN makes every writable mapping execute-never.
+        assert_eq!(
+            space.audit(&AuditContext {
+                wxn: true,
+                ..context(&PACKS)
+            }),
+            vec![]
+        );
+        // UXNTable only limits EL0: still reported.
+        limit(
+            &mut space,
+            va,
+            1,
+            TableAttributes {
+                xn_table: true,
+                ..NONE
+            },
+        );
+        assert_eq!(
+            rules(&space.audit(&context(&PACKS))),
+            vec![(va, WritableExecutable)]
+        );
+    }
+
+    #[test]
+    fn table_limits_remove_the_violation() {
+        let no_exec = TableAttributes {
+            pxn_table: true,
+            ..NONE
+        };
+        let no_write = TableAttributes {
+            ap_table_no_write: true,
+            ..NONE
+        };
+        for (level, attrs) in [(1, no_exec), (2, no_exec), (1, no_write), (2, no_write)] {
+            let mut space = AddressSpace::<El1And0>::new().expect("root");
+            let va = 0x1000_0000;
+            map(&mut space, va, 0x1000, K4, Data);
+            patch(&mut space, va, 3, |raw| raw & !(1 << 53));
+            assert_eq!(
+                rules(&space.audit(&context(&[]))),
+                vec![(va, WritableExecutable)]
+            );
+            limit(&mut space, va, level, attrs);
+            assert_eq!(space.audit(&context(&[])), vec![], "L{level} {attrs:?}");
+        }
+    }
+
+    #[test]
+    fn el2_uses_xn_and_xn_table() {
+        let mut space = AddressSpace::<El2>::new().expect("root");
+        let va = 0x1000_0000;
+        map(&mut space, va, 0x1000, K4, Data);
+        patch(&mut space, va, 3, |raw| raw & !(1 << 54));
+        assert_eq!(
+            rules(&space.audit(&context(&[]))),
+            vec![(va, WritableExecutable)]
+        );
+        // PXNTable is RES0 in EL2 and changes nothing; XNTable removes execution.
+        limit(
+            &mut space,
+            va,
+            1,
+            TableAttributes {
+                pxn_table: true,
+                ..NONE
+            },
+        );
+        assert_eq!(space.audit(&context(&[])).len(), 1);
+        limit(
+            &mut space,
+            va,
+            1,
+            TableAttributes {
+                xn_table: true,
+                ..NONE
+            },
+        );
+        assert_eq!(space.audit(&context(&[])), vec![]);
+    }
+
+    #[test]
+    fn writable_alias_of_pool_frames() {
+        let mut space = clean::<El1And0>();
+        let va = 0x4100_0000;
+        map(&mut space, va, FRAMES_PA + 0x1000, K4, Data);
+        let violations = space.audit(&context(&PACKS));
+        assert_eq!(rules(&violations), vec![(va, WritableAliasOfExecMemory)]);
+        let line = "0x41000000 L3 page RW NX: writable alias of exec-pool memory";
+        assert_eq!(violations[0].to_string(), line);
+        // A read-only alias is no W^X problem.
+        space.unmap(va, K4, &mut NoMaintenance).expect("unmap");
+        map(&mut space, va, FRAMES_PA + 0x1000, K4, Rodata);
+        assert_eq!(space.audit(&context(&PACKS)), vec![]);
+    }
+
+    #[test]
+    fn pack_split_into_pages() {
+        let mut space = clean::<El1And0>();
+        let pack = POOL_VA + 2 * M2;
+        let pages = Granularity::Pages;
+        let m = &mut NoMaintenance;
+        space
+            .map(pack, FRAMES_PA + 2 * M2, M2, ExecPool, pages, m)
+            .expect("map");
+        let violations = space.audit(&context(&[PACKS[0], PACKS[1], pack]));
+        // Every page once; the live-pack check adds nothing for the page at the pack's VA.
+        assert_eq!(violations.len(), 512);
+        assert!(
+            violations
+                .iter()
+                .all(|v| v.rule == PackNotBlock && v.level == 3)
+        );
+        let line = "0x3c400000 L3 page RO X: exec pack not mapped by one 2 MiB block";
+        assert_eq!(violations[0].to_string(), line);
+    }
+
+    #[test]
+    fn live_pack_not_mapped() {
+        let missing = POOL_VA + 4 * M2;
+        let violations = clean::<El1And0>().audit(&context(&[PACKS[0], PACKS[1], missing]));
+        assert_eq!(rules(&violations), vec![(missing, PackNotBlock)]);
+        let line = "0x3c800000 L2 unmapped: exec pack not mapped by one 2 MiB block";
+        assert_eq!(violations[0].to_string(), line);
+    }
+
+    #[test]
+    fn live_pack_outside_the_window_mapped_by_pages() {
+        let mut space = clean::<El1And0>();
+        let pack = POOL_VA - M2;
+        space
+            .map(
+                pack,
+                FRAMES_PA + 5 * M2,
+                M2,
+                Code,
+                Pages,
+                &mut NoMaintenance,
+            )
+            .expect("map");
+        let violations = space.audit(&context(&[PACKS[0], PACKS[1], pack]));
+        assert_eq!(rules(&violations), vec![(pack, PackNotBlock)]);
+    }
+
+    #[test]
+    fn pack_with_wrong_attributes() {
+        let mut space = clean::<El1And0>();
+        let (writable, pxn) = (POOL_VA + 2 * M2, POOL_VA + 3 * M2);
+        space
+            .map(
+                writable,
+                FRAMES_PA + 2 * M2,
+                M2,
+                Data,
+                Block2M,
+                &mut NoMaintenance,
+            )
+            .expect("map");
+        space
+            .map(
+                pxn,
+                FRAMES_PA + 3 * M2,
+                M2,
+                Rodata,
+                Block2M,
+                &mut NoMaintenance,
+            )
+            .expect("map");
+        let found = rules(&space.audit(&context(&PACKS)));
+        let expected = [
+            (writable, WritableAliasOfExecMemory),
+            (writable, PackAttributes),
+            (pxn, PackAttributes),
+        ];
+        assert_eq!(found, expected);
+    }
+
+    #[test]
+    fn pack_made_non_executable_by_a_table() {
+        let mut space = clean::<El1And0>();
+        limit(
+            &mut space,
+            POOL_VA,
+            1,
+            TableAttributes {
+                pxn_table: true,
+                ..NONE
+            },
+        );
+        let found = rules(&space.audit(&context(&PACKS)));
+        assert!(found.contains(&(PACKS[0], PackAttributes)));
+        assert!(found.contains(&(PACKS[1], PackAttributes)));
+    }
+
+    #[test]
+    fn audit_root_sees_what_the_space_sees() {
+        let mut space = clean::<El1And0>();
+        patch(&mut space, PACKS[1], 2, |raw| raw & !(1 << 7)); // AP[2] clear: a writable pack
+        // SAFETY: the root of a live space that outlives the call.
+        let from_root = unsafe { audit_root::<El1And0>(space.root_pa(), &context(&PACKS)) };
+        assert_eq!(from_root, space.audit(&context(&PACKS)));
+        let expected = [
+            (PACKS[1], WritableExecutable),
+            (PACKS[1], WritableAliasOfExecMemory),
+            (PACKS[1], PackAttributes),
+        ];
+        assert_eq!(rules(&from_root), expected);
+    }
+}

@@ -1,0 +1,1368 @@
+//! Translation tables for a 39-bit VA space (TCR_ELx.T0SZ = 25: the walk starts at level 1), 4 KiB
+//! granule, and the operations that are safe to perform on live tables.
+//!
+//! # Conventions
+//!
+//! - **Physical address = pointer value.** Tables come from the global allocator and the kernel
+//!   heap is identity mapped, so a table descriptor holds the table's pointer value. On the host
+//!   pointers are just numbers below 2^47 and the same code runs unchanged.
+//! - **Tables are never freed while the [`AddressSpace`] lives.** A walker (or a walk cache) may
+//!   still hold a table that was unlinked; freeing it safely would need a TLBI covering the walk
+//!   cache first. Empty tables stay linked after [`AddressSpace::unmap`]; all tables are freed
+//!   by `Drop`.
+//! - **One store per entry.** Every entry is written with a single aligned 64-bit volatile store,
+//!   so the walker (which may be using the tables concurrently) sees the old or the new
+//!   descriptor, never a mix (single-copy atomicity of aligned 64-bit accesses, Arm ARM B2.2.1).
+//! - **Dry run first.** Every operation checks the whole range before writing anything; a refusal
+//!   leaves every entry, and the set of tables, as it was.
+
+use alloc::alloc::{Layout, alloc_zeroed, dealloc};
+use alloc::vec::Vec;
+use core::fmt;
+use core::marker::PhantomData;
+use core::ptr::{self, NonNull};
+
+use super::descriptor::{
+    BlockLevel, Descriptor, LeafAttributes, Permissions, Regime, Role, TableAttributes,
+    next_table_address,
+};
+use super::{BLOCK_SIZE_2M, MapError, PA_LIMIT, PAGE_SIZE};
+
+/// Bits of virtual address translated through TTBR0_ELx.
+pub const VA_BITS: u64 = 39;
+/// TCR_ELx.T0SZ for [`VA_BITS`]: with 25, the 4 KiB-granule walk starts at level 1.
+pub const T0SZ: u64 = 64 - VA_BITS;
+/// One past the highest virtual address the tables translate.
+pub const VA_LIMIT: u64 = 1 << VA_BITS;
+
+const ENTRIES: usize = 512;
+const START_LEVEL: u8 = 1;
+const LEAF_LEVEL: u8 = 3;
+
+/// VA bit where the index for `level` (1 to 3) starts.
+const fn index_shift(level: u8) -> u64 {
+    12 + 9 * (LEAF_LEVEL - level) as u64
+}
+
+/// Bytes mapped by one entry of a table at `level` (1 to 3).
+const fn entry_size(level: u8) -> u64 {
+    1 << index_shift(level)
+}
+
+const fn entry_index(va: u64, level: u8) -> usize {
+    ((va >> index_shift(level)) as usize) % ENTRIES
+}
+
+/// One 4 KiB translation table: 512 descriptors.
+#[repr(C, align(4096))]
+pub struct PageTable([u64; ENTRIES]);
+
+impl PageTable {
+    /// Descriptors per table.
+    pub const ENTRIES: usize = ENTRIES;
+    const LAYOUT: Layout = Layout::new::<PageTable>();
+}
+
+/// Handle to a table reached by its physical address.
+///
+/// Invariant: `base` points to a [`PageTable`] that stays allocated while the handle is used.
+#[derive(Clone, Copy)]
+struct Table {
+    base: *mut u64,
+}
+
+impl Table {
+    /// # Safety
+    ///
+    /// `pa` is the (identity-mapped) address of a [`PageTable`] that stays allocated, and is not
+    /// accessed through references, while the handle is used.
+    unsafe fn at(pa: u64) -> Self {
+        Self {
+            base: ptr::with_exposed_provenance_mut(pa as usize),
+        }
+    }
+
+    fn entry(self, index: usize) -> *mut u64 {
+        // SAFETY: the index is below ENTRIES, so the result stays inside the table (invariant).
+        unsafe { self.base.add(index % ENTRIES) }
+    }
+
+    fn read(self, index: usize) -> u64 {
+        // SAFETY: an aligned entry of a live table (invariant); volatile because the walker and
+        // the poke path (through `leaf_entry_ptr`) are other observers of this memory.
+        unsafe { self.entry(index).read_volatile() }
+    }
+
+    fn write(self, index: usize, value: u64) {
+        // SAFETY: an aligned entry of a live table (invariant). One 64-bit volatile store: the
+        // compiler may not split, merge or elide it, so the walker sees old or new (B2.2.1).
+        unsafe { self.entry(index).write_volatile(value) }
+    }
+}
+
+/// Where the walk for one VA stops: the first entry that is not a table descriptor.
+#[derive(Clone, Copy)]
+struct Found<R: Regime> {
+    level: u8,
+    table: Table,
+    index: usize,
+    descriptor: Descriptor<R>,
+    raw: u64,
+}
+
+/// # Safety
+///
+/// `root_pa` is a live level-1 table, and so is every table reachable from it, for the call.
+unsafe fn find<R: Regime>(root_pa: u64, va: u64) -> Found<R> {
+    // SAFETY: the caller's contract.
+    let mut table = unsafe { Table::at(root_pa) };
+    let mut level = START_LEVEL;
+    loop {
+        let index = entry_index(va, level);
+        let raw = table.read(index);
+        match Descriptor::<R>::decode(raw, level) {
+            Descriptor::Table { next, .. } if level < LEAF_LEVEL => {
+                // SAFETY: reachable from the root: the caller's contract.
+                table = unsafe { Table::at(next) };
+                level += 1;
+            }
+            descriptor => {
+                return Found {
+                    level,
+                    table,
+                    index,
+                    descriptor,
+                    raw,
+                };
+            }
+        }
+    }
+}
+
+/// The entry for `va` in the table at `level`, if the walk reaches that level.
+///
+/// # Safety
+///
+/// As for [`find`].
+unsafe fn locate(root_pa: u64, va: u64, level: u8) -> Option<(Table, usize)> {
+    // SAFETY: the caller's contract.
+    let mut table = unsafe { Table::at(root_pa) };
+    for current in START_LEVEL..level.min(LEAF_LEVEL + 1) {
+        let next = next_table_address(table.read(entry_index(va, current)), current)?;
+        // SAFETY: reachable from the root: the caller's contract.
+        table = unsafe { Table::at(next) };
+    }
+    (START_LEVEL..=LEAF_LEVEL)
+        .contains(&level)
+        .then(|| (table, entry_index(va, level)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLB maintenance
+// ---------------------------------------------------------------------------------------------
+
+/// The barriers and TLB invalidation a table change needs; the kernel implements it with the
+/// instructions, tests with [`RecordingMaintenance`].
+pub trait TlbMaintenance {
+    /// Called after a valid entry for `va` at `level` was written invalid, before anything else
+    /// is written there. Kernel: `DSB ISHST; TLBI VAE1IS, va >> 12; DSB ISH` (`TLBI VAE2IS` in
+    /// EL2): the store must be visible to the walkers before the broadcast invalidation, and the
+    /// invalidation complete on every CPU before the entry is reused (break-before-make, D8.14).
+    fn invalidate_va(&mut self, va: u64, level: u8);
+
+    /// Called after entries were written into previously invalid slots (invalid entries are never
+    /// cached in a TLB, so no invalidation is needed), and before fresh tables are linked.
+    /// Kernel: `DSB ISHST; ISB`, so the new entries are visible to the walker before the next
+    /// access that may use them.
+    fn publish(&mut self);
+}
+
+/// No maintenance at all: only for tables that no CPU walks yet (before the MMU is on, or before
+/// TTBR points to them). Using it on live tables leaves stale TLB entries behind.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoMaintenance;
+
+impl TlbMaintenance for NoMaintenance {
+    fn invalidate_va(&mut self, _va: u64, _level: u8) {}
+    fn publish(&mut self) {}
+}
+
+/// One call on a [`TlbMaintenance`], as recorded by [`RecordingMaintenance`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlbEvent {
+    /// `invalidate_va(va, level)`; `entry` is the raw entry for `va` at `level` at the moment of
+    /// the call, if the recorder observes a table and the walk reaches that level.
+    InvalidateVa {
+        /// The virtual address.
+        va: u64,
+        /// Its level.
+        level: u8,
+        /// The entry as the walker would see it during the invalidation.
+        entry: Option<u64>,
+    },
+    /// `publish()`.
+    Publish,
+}
+
+/// Records every maintenance call, for host tests that check the order of a sequence (for
+/// example that the entry is already invalid when its TLBI is issued).
+#[derive(Debug, Default)]
+pub struct RecordingMaintenance {
+    /// The calls, in order.
+    pub events: Vec<TlbEvent>,
+    observed_root: Option<u64>,
+}
+
+impl RecordingMaintenance {
+    /// A recorder that records calls only.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A recorder that also reads, at each `invalidate_va`, the entry being invalidated in the
+    /// tables under `root_pa`.
+    ///
+    /// # Safety
+    ///
+    /// `root_pa` is a live level-1 table, and so is every table reachable from it, as long as
+    /// the recorder is used (for example [`AddressSpace::root_pa`] of a space that outlives it).
+    pub unsafe fn observing(root_pa: u64) -> Self {
+        Self {
+            events: Vec::new(),
+            observed_root: Some(root_pa),
+        }
+    }
+}
+
+impl TlbMaintenance for RecordingMaintenance {
+    fn invalidate_va(&mut self, va: u64, level: u8) {
+        let entry = self.observed_root.and_then(|root| {
+            // SAFETY: the contract of `observing`.
+            let slot = unsafe { locate(root, va, level) };
+            slot.map(|(table, index)| table.read(index))
+        });
+        self.events
+            .push(TlbEvent::InvalidateVa { va, level, entry });
+    }
+
+    fn publish(&mut self) {
+        self.events.push(TlbEvent::Publish);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Walking
+// ---------------------------------------------------------------------------------------------
+
+/// Where one VA translates to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Translation {
+    /// The physical address of the VA.
+    pub pa: u64,
+    /// Level of the leaf descriptor.
+    pub level: u8,
+    /// Bytes mapped by the leaf.
+    pub size: u64,
+    /// The raw leaf descriptor.
+    pub raw: u64,
+}
+
+/// One valid leaf (block or page) found by a walk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leaf<R: Regime> {
+    /// First virtual address mapped.
+    pub va: u64,
+    /// First physical address mapped.
+    pub pa: u64,
+    /// Bytes mapped.
+    pub size: u64,
+    /// Lookup level of the leaf (1 or 2 for a block, 3 for a page).
+    pub level: u8,
+    /// The raw leaf descriptor.
+    pub raw: u64,
+    /// Its attributes.
+    pub attrs: LeafAttributes<R>,
+    /// The limits of the table descriptors above it, accumulated (D8.4, hierarchical
+    /// permissions).
+    pub table: TableAttributes,
+}
+
+impl<R: Regime> Leaf<R> {
+    /// Effective privileged permissions: leaf bits, table limits and SCTLR_ELx.WXN together.
+    pub fn permissions(&self, wxn: bool) -> Permissions {
+        self.attrs.permissions(self.table, wxn)
+    }
+}
+
+/// Calls `visit` for every valid leaf reachable from the level-1 table at `root_pa`, in VA order,
+/// with the table limits accumulated down the walk.
+///
+/// # Safety
+///
+/// `root_pa` is the identity-mapped address of a readable level-1 [`PageTable`], every table
+/// descriptor reachable from it points to a readable [`PageTable`], and none of them is freed
+/// during the call. (Concurrent writes of single entries, as the hardware also tolerates, are
+/// fine: each entry is read once, with one 64-bit load.)
+pub unsafe fn walk_root<R: Regime>(root_pa: u64, mut visit: impl FnMut(&Leaf<R>)) {
+    // SAFETY: the caller's contract.
+    let root = unsafe { Table::at(root_pa) };
+    // SAFETY: the caller's contract covers every table reachable from the root.
+    unsafe { walk_table(root, START_LEVEL, 0, TableAttributes::NONE, &mut visit) }
+}
+
+/// # Safety
+///
+/// As for [`walk_root`], for `table` and the tables below it.
+unsafe fn walk_table<R: Regime>(
+    table: Table,
+    level: u8,
+    base_va: u64,
+    above: TableAttributes,
+    visit: &mut impl FnMut(&Leaf<R>),
+) {
+    for index in 0..ENTRIES {
+        let raw = table.read(index);
+        let va = base_va + index as u64 * entry_size(level);
+        let (pa, size) = match Descriptor::<R>::decode(raw, level) {
+            Descriptor::Invalid => continue,
+            Descriptor::Table { next, attrs } => {
+                // SAFETY: reachable from the root: the caller's contract. `decode` returns a
+                // table only below level 3, so the recursion ends at the leaf level.
+                unsafe { walk_table(Table::at(next), level + 1, va, above.then(attrs), visit) };
+                continue;
+            }
+            Descriptor::Block {
+                level: block, oa, ..
+            } => (oa, block.size()),
+            Descriptor::Page { oa, .. } => (oa, PAGE_SIZE),
+        };
+        let attrs = LeafAttributes::from_descriptor(raw);
+        visit(&Leaf {
+            va,
+            pa,
+            size,
+            level,
+            raw,
+            attrs,
+            table: above,
+        });
+    }
+}
+
+/// The translation of `va` by the tables under `root_pa`, or `None` if it faults.
+///
+/// # Safety
+///
+/// As for [`walk_root`].
+pub unsafe fn translate_root<R: Regime>(root_pa: u64, va: u64) -> Option<Translation> {
+    if va >= VA_LIMIT {
+        return None;
+    }
+    // SAFETY: the caller's contract.
+    let found = unsafe { find::<R>(root_pa, va) };
+    let (oa, size) = match found.descriptor {
+        Descriptor::Block { level, oa, .. } => (oa, level.size()),
+        Descriptor::Page { oa, .. } => (oa, PAGE_SIZE),
+        Descriptor::Invalid | Descriptor::Table { .. } => return None,
+    };
+    Some(Translation {
+        pa: oa + (va & (size - 1)),
+        level: found.level,
+        size,
+        raw: found.raw,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Address space
+// ---------------------------------------------------------------------------------------------
+
+/// Leaf size choice for [`AddressSpace::map`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Granularity {
+    /// 2 MiB blocks wherever VA, PA and the remaining size are 2 MiB aligned and no level-3
+    /// table already covers the 2 MiB; 4 KiB pages elsewhere.
+    Auto,
+    /// 4 KiB pages only.
+    Pages,
+    /// 2 MiB blocks only; VA, PA and size must be 2 MiB aligned (exec packs).
+    Block2M,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LeafSize {
+    Block2M,
+    Page,
+}
+
+impl LeafSize {
+    fn bytes(self) -> u64 {
+        match self {
+            Self::Block2M => BLOCK_SIZE_2M,
+            Self::Page => PAGE_SIZE,
+        }
+    }
+
+    fn level(self) -> u8 {
+        match self {
+            Self::Block2M => 2,
+            Self::Page => LEAF_LEVEL,
+        }
+    }
+}
+
+/// The leaf `map` writes at `va`, given what the walk finds there, or why it may not.
+///
+/// The dry run and the writing pass decide alike: the writing pass only adds tables below slots
+/// the dry run saw invalid, and a chunk that finds a table its own call created is never 2 MiB
+/// aligned (the earlier chunk in the same 2 MiB started lower), so it is a page either way.
+fn choose_leaf<R: Regime>(
+    found: &Found<R>,
+    va: u64,
+    pa: u64,
+    remaining: u64,
+    granularity: Granularity,
+) -> Result<LeafSize, MapError> {
+    let wants_block = match granularity {
+        Granularity::Block2M => true,
+        Granularity::Pages => false,
+        Granularity::Auto => {
+            found.level < LEAF_LEVEL
+                && va.is_multiple_of(BLOCK_SIZE_2M)
+                && pa.is_multiple_of(BLOCK_SIZE_2M)
+                && remaining >= BLOCK_SIZE_2M
+        }
+    };
+    let leaf = if wants_block {
+        LeafSize::Block2M
+    } else {
+        LeafSize::Page
+    };
+    match (found.level, found.descriptor) {
+        // No table below this slot yet: anything fits.
+        (level, Descriptor::Invalid) if level < LEAF_LEVEL => Ok(leaf),
+        // A level-3 table covers the 2 MiB: a block would replace a live table (D8.14).
+        (LEAF_LEVEL, _) if wants_block => Err(MapError::WouldReplaceTable { va }),
+        (LEAF_LEVEL, Descriptor::Invalid) => Ok(leaf),
+        (LEAF_LEVEL, _) => Err(MapError::AlreadyMapped { va }),
+        (2, Descriptor::Block { .. }) if wants_block => Err(MapError::AlreadyMapped { va }),
+        // Pages inside a live 2 MiB block, anything inside a live 1 GiB block.
+        _ => Err(MapError::WouldSplitBlock { va }),
+    }
+}
+
+/// Counts the tables a pass over increasing VAs must create, each once.
+#[derive(Default)]
+struct NewTables {
+    count: usize,
+    last_level2: Option<u64>,
+    last_level3: Option<u64>,
+}
+
+impl NewTables {
+    /// Notes what the walk found at `va` for a leaf at `leaf_level`.
+    fn note<R: Regime>(&mut self, found: &Found<R>, va: u64, leaf_level: u8) {
+        if found.descriptor != Descriptor::Invalid || found.level >= leaf_level {
+            return;
+        }
+        if found.level == 1 && self.last_level2 != Some(va >> index_shift(1)) {
+            self.last_level2 = Some(va >> index_shift(1));
+            self.count += 1;
+        }
+        if leaf_level == LEAF_LEVEL && self.last_level3 != Some(va >> index_shift(2)) {
+            self.last_level3 = Some(va >> index_shift(2));
+            self.count += 1;
+        }
+    }
+}
+
+/// A refusal unless `va..va + size` is a non-empty, `align`-aligned range below [`VA_LIMIT`].
+fn check_va_range(va: u64, size: u64, align: u64) -> Result<(), MapError> {
+    if size == 0 {
+        return Err(MapError::ZeroSize);
+    }
+    if !va.is_multiple_of(align) {
+        return Err(MapError::UnalignedVa { va, align });
+    }
+    if !size.is_multiple_of(align) {
+        return Err(MapError::UnalignedSize { size, align });
+    }
+    match va.checked_add(size) {
+        Some(end) if end <= VA_LIMIT => Ok(()),
+        _ => Err(MapError::VaOutOfRange { va, size }),
+    }
+}
+
+/// A refusal unless `pa..pa + size` is `align`-aligned and below [`PA_LIMIT`].
+fn check_pa_range(pa: u64, size: u64, align: u64) -> Result<(), MapError> {
+    if !pa.is_multiple_of(align) {
+        return Err(MapError::UnalignedPa { pa, align });
+    }
+    match pa.checked_add(size) {
+        Some(end) if end <= PA_LIMIT => Ok(()),
+        _ => Err(MapError::PaOutOfRange { pa, size }),
+    }
+}
+
+/// The size of the leaf found at `va` if `va..end` covers all of it.
+fn whole_leaf<R: Regime>(found: &Found<R>, va: u64, end: u64) -> Result<u64, MapError> {
+    let size = match found.descriptor {
+        Descriptor::Block { level, .. } => level.size(),
+        Descriptor::Page { .. } => PAGE_SIZE,
+        Descriptor::Invalid | Descriptor::Table { .. } => return Err(MapError::NotMapped { va }),
+    };
+    if !va.is_multiple_of(size) || end - va < size {
+        return Err(MapError::WouldSplitBlock { va });
+    }
+    Ok(size)
+}
+
+fn table_pa(table: NonNull<PageTable>) -> u64 {
+    table.as_ptr().expose_provenance() as u64
+}
+
+/// The translation tables of one regime `R`, rooted at a level-1 table.
+///
+/// Every method that writes entries follows the live-table rules: it never writes over a valid
+/// entry except in break-before-make ([`AddressSpace::replace_block_2m`]), never splits a live
+/// block, and reports each change to a [`TlbMaintenance`].
+///
+/// Invariant: the root and every table a table descriptor reachable from it points to were
+/// allocated by this value, are listed in `tables`, and are freed only by `Drop`. This is what
+/// makes the walks in `&self` methods sound.
+pub struct AddressSpace<R: Regime> {
+    root: NonNull<PageTable>,
+    tables: Vec<NonNull<PageTable>>,
+    regime: PhantomData<R>,
+    /// Tests: how many more tables the allocator will provide.
+    #[cfg(test)]
+    allocation_budget: Option<usize>,
+}
+
+// SAFETY: the tables are heap memory owned by this value alone (like a `Box`), so moving it to
+// another thread moves that ownership; nothing in it is tied to a thread.
+unsafe impl<R: Regime> Send for AddressSpace<R> {}
+
+// SAFETY: `&self` methods only read the tables; every write needs `&mut self` (or an explicit
+// unsafe store through `leaf_entry_ptr`, whose contract covers races).
+unsafe impl<R: Regime> Sync for AddressSpace<R> {}
+
+impl<R: Regime> AddressSpace<R> {
+    /// An empty address space: one zeroed level-1 table.
+    pub fn new() -> Result<Self, MapError> {
+        let mut tables = Vec::new();
+        tables.try_reserve(16).map_err(|_| MapError::OutOfMemory)?;
+        let mut space = Self {
+            root: NonNull::dangling(),
+            tables,
+            regime: PhantomData,
+            #[cfg(test)]
+            allocation_budget: None,
+        };
+        let root = space.allocate_table()?;
+        space.tables.push(root);
+        space.root = root;
+        Ok(space)
+    }
+
+    /// Physical address of the level-1 table: the value for TTBR0_ELx (with T0SZ = [`T0SZ`]).
+    ///
+    /// Whoever installs it in TTBR0 must keep this address space alive (it frees its tables on
+    /// drop) until TTBR0 points elsewhere and the TLBs are invalidated.
+    pub fn root_pa(&self) -> u64 {
+        table_pa(self.root)
+    }
+
+    /// Number of translation tables allocated, the root included.
+    pub fn table_count(&self) -> usize {
+        self.tables.len()
+    }
+
+    /// Maps `va..va + size` to `pa..pa + size` as `role`, with leaves chosen by `granularity`.
+    ///
+    /// Only invalid entries are written (never a live one), so the only maintenance needed is
+    /// `publish`: once after fresh tables are zeroed and before they are linked (so the walker
+    /// cannot reach a table whose zeroing it does not see yet), and once at the end.
+    ///
+    /// Refused, with nothing changed: zero size; VA, PA or size not 4 KiB aligned (2 MiB for
+    /// [`Granularity::Block2M`]); VA beyond [`VA_LIMIT`]; PA beyond 48 bits; any target entry
+    /// already valid ([`MapError::AlreadyMapped`]); a page inside a live block
+    /// ([`MapError::WouldSplitBlock`]); a 2 MiB block over a live level-3 table
+    /// ([`MapError::WouldReplaceTable`]); not enough memory for the new tables
+    /// ([`MapError::OutOfMemory`]: all tables are allocated before the first write, and given
+    /// back if one of them cannot be).
+    pub fn map(
+        &mut self,
+        va: u64,
+        pa: u64,
+        size: u64,
+        role: Role,
+        granularity: Granularity,
+        maintenance: &mut impl TlbMaintenance,
+    ) -> Result<(), MapError> {
+        let align = match granularity {
+            Granularity::Block2M => BLOCK_SIZE_2M,
+            Granularity::Auto | Granularity::Pages => PAGE_SIZE,
+        };
+        check_va_range(va, size, align)?;
+        check_pa_range(pa, size, align)?;
+
+        let mut new_tables = NewTables::default();
+        let mut offset = 0;
+        while offset < size {
+            let found = self.find(va + offset);
+            let leaf = choose_leaf(&found, va + offset, pa + offset, size - offset, granularity)?;
+            new_tables.note(&found, va + offset, leaf.level());
+            offset += leaf.bytes();
+        }
+
+        let mut pool = self.allocate_tables(new_tables.count)?;
+        if !pool.is_empty() {
+            maintenance.publish();
+        }
+        let attrs = R::role_attributes(role);
+        let written = self.write_leaves(va, pa, size, granularity, attrs, &mut pool);
+        self.free_tables(pool);
+        maintenance.publish();
+        written
+    }
+
+    /// The writing pass of `map`, after a successful dry run.
+    fn write_leaves(
+        &mut self,
+        va: u64,
+        pa: u64,
+        size: u64,
+        granularity: Granularity,
+        attrs: LeafAttributes<R>,
+        pool: &mut Vec<NonNull<PageTable>>,
+    ) -> Result<(), MapError> {
+        let mut offset = 0;
+        while offset < size {
+            let (at, oa) = (va + offset, pa + offset);
+            let found = self.find(at);
+            let leaf = choose_leaf(&found, at, oa, size - offset, granularity)?;
+            let found = self.descend_creating(at, leaf.level(), pool)?;
+            let descriptor = match leaf {
+                LeafSize::Block2M => Descriptor::Block {
+                    level: BlockLevel::L2,
+                    oa,
+                    attrs,
+                },
+                LeafSize::Page => Descriptor::Page { oa, attrs },
+            };
+            found.table.write(found.index, descriptor.encode()?);
+            offset += leaf.bytes();
+        }
+        Ok(())
+    }
+
+    /// Removes the mappings of `va..va + size`: each leaf is written invalid, then
+    /// `invalidate_va` is called for it. The table stays (see the module doc).
+    ///
+    /// Refused, with nothing changed: zero size, unaligned or out-of-range VA; any page of the
+    /// range not mapped ([`MapError::NotMapped`]); a block only partly inside the range
+    /// ([`MapError::WouldSplitBlock`]: removing part of a live block is splitting it).
+    pub fn unmap(
+        &mut self,
+        va: u64,
+        size: u64,
+        maintenance: &mut impl TlbMaintenance,
+    ) -> Result<(), MapError> {
+        check_va_range(va, size, PAGE_SIZE)?;
+        let end = va + size;
+        let mut at = va;
+        while at < end {
+            at += whole_leaf(&self.find(at), at, end)?;
+        }
+        let mut at = va;
+        while at < end {
+            let found = self.find(at);
+            let leaf_size = whole_leaf(&found, at, end)?;
+            found.table.write(found.index, 0);
+            maintenance.invalidate_va(at, found.level);
+            at += leaf_size;
+        }
+        Ok(())
+    }
+
+    /// Points the live 2 MiB block at `va` to `new_pa`, as `role`, by break-before-make (Arm ARM
+    /// D8.14): the output address of a live entry may not change in place, because two TLB
+    /// entries for one VA with different outputs are a TLB conflict. So: write the entry
+    /// invalid, `invalidate_va` (DSB ISHST, broadcast TLBI, DSB ISH: no CPU can still use the
+    /// old block), write the new block, `publish`. Accesses to the block fault in between.
+    ///
+    /// Refused, with nothing changed: `va` or `new_pa` not 2 MiB aligned or out of range;
+    /// nothing mapped at `va` ([`MapError::NotMapped`]); pages there
+    /// ([`MapError::WouldReplaceTable`]); a 1 GiB block there ([`MapError::WouldSplitBlock`]).
+    pub fn replace_block_2m(
+        &mut self,
+        va: u64,
+        new_pa: u64,
+        role: Role,
+        maintenance: &mut impl TlbMaintenance,
+    ) -> Result<(), MapError> {
+        check_va_range(va, BLOCK_SIZE_2M, BLOCK_SIZE_2M)?;
+        check_pa_range(new_pa, BLOCK_SIZE_2M, BLOCK_SIZE_2M)?;
+        let new = R::block_descriptor(BlockLevel::L2, new_pa, role)?;
+        let found = self.find(va);
+        match (found.level, found.descriptor) {
+            (2, Descriptor::Block { .. }) => {}
+            (LEAF_LEVEL, _) => return Err(MapError::WouldReplaceTable { va }),
+            (_, Descriptor::Block { .. }) => return Err(MapError::WouldSplitBlock { va }),
+            _ => return Err(MapError::NotMapped { va }),
+        }
+        found.table.write(found.index, 0);
+        maintenance.invalidate_va(va, 2);
+        found.table.write(found.index, new);
+        maintenance.publish();
+        Ok(())
+    }
+
+    /// Creates the level-3 tables for `va..va + size`, leaving their entries invalid: the fixmap
+    /// window, whose entries the poke path then sets and clears through
+    /// [`AddressSpace::leaf_entry_ptr`]. Already existing tables are kept.
+    ///
+    /// Refused, with nothing changed: zero size, unaligned or out-of-range VA; a page of the
+    /// range mapped ([`MapError::AlreadyMapped`]); a block over the range
+    /// ([`MapError::WouldSplitBlock`]); no memory ([`MapError::OutOfMemory`]).
+    pub fn reserve_pages(
+        &mut self,
+        va: u64,
+        size: u64,
+        maintenance: &mut impl TlbMaintenance,
+    ) -> Result<(), MapError> {
+        check_va_range(va, size, PAGE_SIZE)?;
+        let mut new_tables = NewTables::default();
+        for at in (va..va + size).step_by(PAGE_SIZE as usize) {
+            let found = self.find(at);
+            match (found.level, found.descriptor) {
+                (LEAF_LEVEL, Descriptor::Invalid) => {}
+                (LEAF_LEVEL, _) => return Err(MapError::AlreadyMapped { va: at }),
+                (_, Descriptor::Invalid) => new_tables.note(&found, at, LEAF_LEVEL),
+                _ => return Err(MapError::WouldSplitBlock { va: at }),
+            }
+        }
+        if new_tables.count == 0 {
+            return Ok(());
+        }
+        let mut pool = self.allocate_tables(new_tables.count)?;
+        maintenance.publish();
+        let mut linked = Ok(());
+        // One walk per 2 MiB region the range touches creates its level-3 table (and the
+        // level-2 table above it, once per 1 GiB).
+        let first_region = va & !(BLOCK_SIZE_2M - 1);
+        for region in (first_region..va + size).step_by(BLOCK_SIZE_2M as usize) {
+            linked = self
+                .descend_creating(region.max(va), LEAF_LEVEL, &mut pool)
+                .map(|_| ());
+            if linked.is_err() {
+                break;
+            }
+        }
+        self.free_tables(pool);
+        maintenance.publish();
+        linked
+    }
+
+    /// The level-3 entry for `va`, if a level-3 table covers it (after
+    /// [`AddressSpace::reserve_pages`] or a page mapping). Its address is stable for the life of
+    /// the address space: the hot poke path keeps it.
+    ///
+    /// Writing through it is `unsafe` and the writer's responsibility: one aligned 64-bit
+    /// volatile store, of 0 or of [`Regime::page_descriptor`] for this regime `R`; after a
+    /// valid value was replaced, `invalidate_va(va, 3)` before the slot is reused or the old
+    /// frame is trusted unaliased; after a new value, `publish`; no `&mut self` method of this
+    /// address space may run on the same entry at the same time.
+    pub fn leaf_entry_ptr(&self, va: u64) -> Option<NonNull<u64>> {
+        if va >= VA_LIMIT {
+            return None;
+        }
+        let found = self.find(va);
+        if found.level == LEAF_LEVEL {
+            NonNull::new(found.table.entry(found.index))
+        } else {
+            None
+        }
+    }
+
+    /// The raw level-3 descriptor mapping `pa` as `role` in this regime: the value to store at
+    /// [`AddressSpace::leaf_entry_ptr`]. Same as [`Regime::page_descriptor`].
+    pub fn page_descriptor(pa: u64, role: Role) -> Result<u64, MapError> {
+        R::page_descriptor(pa, role)
+    }
+
+    /// Where `va` translates to, or `None` if it faults.
+    pub fn translate(&self, va: u64) -> Option<Translation> {
+        // SAFETY: the root and every table reachable from it belong to `self` (type invariant).
+        unsafe { translate_root::<R>(self.root_pa(), va) }
+    }
+
+    /// Calls `visit` for every valid leaf, in VA order (see [`walk_root`]).
+    pub fn for_each_leaf(&self, visit: impl FnMut(&Leaf<R>)) {
+        // SAFETY: the root and every table reachable from it belong to `self` (type invariant).
+        unsafe { walk_root::<R>(self.root_pa(), visit) }
+    }
+
+    fn find(&self, va: u64) -> Found<R> {
+        // SAFETY: the root and every table reachable from it belong to `self` (type invariant).
+        unsafe { find::<R>(self.root_pa(), va) }
+    }
+
+    /// Walks to the entry for `va` at `level`, linking tables from `pool` into the invalid
+    /// slots on the way (previously invalid slots: no TLB maintenance needed).
+    fn descend_creating(
+        &mut self,
+        va: u64,
+        level: u8,
+        pool: &mut Vec<NonNull<PageTable>>,
+    ) -> Result<Found<R>, MapError> {
+        let mut found = self.find(va);
+        while found.level < level {
+            if found.descriptor != Descriptor::Invalid {
+                // A leaf above: the dry run excluded it; never overwrite a live entry.
+                return Err(MapError::WouldSplitBlock { va });
+            }
+            let table = pool.pop().ok_or(MapError::OutOfMemory)?;
+            let link = Descriptor::<R>::Table {
+                next: table_pa(table),
+                attrs: TableAttributes::NONE,
+            };
+            let raw = match link.encode() {
+                Ok(raw) => raw,
+                Err(error) => {
+                    pool.push(table);
+                    return Err(error);
+                }
+            };
+            // Capacity was reserved with the pool: this push does not allocate.
+            self.tables.push(table);
+            found.table.write(found.index, raw);
+            found = self.find(va);
+        }
+        Ok(found)
+    }
+
+    /// `count` zeroed tables, all or none; room for them in `self.tables` is reserved too.
+    fn allocate_tables(&mut self, count: usize) -> Result<Vec<NonNull<PageTable>>, MapError> {
+        let mut pool = Vec::new();
+        pool.try_reserve_exact(count)
+            .map_err(|_| MapError::OutOfMemory)?;
+        self.tables
+            .try_reserve(count)
+            .map_err(|_| MapError::OutOfMemory)?;
+        for _ in 0..count {
+            match self.allocate_table() {
+                Ok(table) => pool.push(table),
+                Err(error) => {
+                    self.free_tables(pool);
+                    return Err(error);
+                }
+            }
+        }
+        Ok(pool)
+    }
+
+    fn allocate_table(&mut self) -> Result<NonNull<PageTable>, MapError> {
+        #[cfg(test)]
+        if let Some(budget) = self.allocation_budget.as_mut() {
+            *budget = budget.checked_sub(1).ok_or(MapError::OutOfMemory)?;
+        }
+        // SAFETY: the layout has a non-zero size.
+        let table = NonNull::new(unsafe { alloc_zeroed(PageTable::LAYOUT) }.cast::<PageTable>())
+            .ok_or(MapError::OutOfMemory)?;
+        let pa = table_pa(table);
+        if pa >= PA_LIMIT {
+            // SAFETY: allocated just above with this layout and not shared.
+            unsafe { dealloc(table.as_ptr().cast(), PageTable::LAYOUT) };
+            return Err(MapError::TableNotAddressable { pa });
+        }
+        Ok(table)
+    }
+
+    /// Gives back tables that were never linked.
+    fn free_tables(&mut self, pool: Vec<NonNull<PageTable>>) {
+        for table in pool {
+            // SAFETY: allocated by `allocate_table` with this layout, never linked (so no walker
+            // can reach it) and not in `self.tables`.
+            unsafe { dealloc(table.as_ptr().cast(), PageTable::LAYOUT) };
+        }
+    }
+
+    /// Tests: the entry for `va` at `level`, to plant raw descriptors the API refuses to build.
+    #[cfg(test)]
+    pub(crate) fn entry_for_test(&mut self, va: u64, level: u8) -> Option<*mut u64> {
+        // SAFETY: the root and every table reachable from it belong to `self` (type invariant).
+        let slot = unsafe { locate(self.root_pa(), va, level) };
+        slot.map(|(table, index)| table.entry(index))
+    }
+
+    /// Tests: make the allocator fail after `tables` more tables.
+    #[cfg(test)]
+    pub(crate) fn set_allocation_budget(&mut self, tables: usize) {
+        self.allocation_budget = Some(tables);
+    }
+}
+
+impl<R: Regime> Drop for AddressSpace<R> {
+    /// Frees every table. The tables must no longer be live: whoever installed
+    /// [`AddressSpace::root_pa`] in TTBR0 switches away and invalidates the TLBs first.
+    fn drop(&mut self) {
+        for table in self.tables.drain(..) {
+            // SAFETY: allocated by `allocate_table` with this layout; each is listed once and
+            // freed only here.
+            unsafe { dealloc(table.as_ptr().cast(), PageTable::LAYOUT) };
+        }
+    }
+}
+
+impl<R: Regime> fmt::Debug for AddressSpace<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AddressSpace")
+            .field("regime", &R::NAME)
+            .field("root_pa", &format_args!("{:#x}", self.root_pa()))
+            .field("tables", &self.tables.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mmu::{El1And0, El2};
+    use Granularity::{Auto, Block2M, Pages};
+    use MapError::*;
+    use Role::{Code, Data, ExecPool, PokeAlias, Rodata};
+    use alloc::vec;
+    use proptest::prelude::*;
+
+    const M2: u64 = BLOCK_SIZE_2M;
+    const K4: u64 = PAGE_SIZE;
+
+    fn space() -> AddressSpace<El1And0> {
+        AddressSpace::new().expect("root table")
+    }
+
+    fn leaves<R: Regime>(space: &AddressSpace<R>) -> Vec<Leaf<R>> {
+        let mut out = Vec::new();
+        space.for_each_leaf(|leaf| out.push(*leaf));
+        out
+    }
+
+    /// An invalidation that saw the entry already invalid.
+    fn invalidated(va: u64, level: u8) -> TlbEvent {
+        TlbEvent::InvalidateVa {
+            va,
+            level,
+            entry: Some(0),
+        }
+    }
+
+    #[test]
+    fn constants() {
+        assert_eq!(T0SZ, 25);
+        assert_eq!(VA_LIMIT, 512 << 30);
+        assert_eq!(core::mem::size_of::<PageTable>(), 4096);
+        assert_eq!(core::mem::align_of::<PageTable>(), 4096);
+        assert_eq!(entry_index(0x4000_0000, 1), 1);
+        assert_eq!(entry_index(0x4060_3000, 2), 3);
+        assert_eq!(entry_index(0x4060_3000, 3), 3);
+    }
+
+    #[test]
+    fn new_space_is_empty() {
+        let space = space();
+        assert_eq!(space.root_pa() % K4, 0);
+        assert!(space.root_pa() < PA_LIMIT);
+        assert_eq!(space.table_count(), 1);
+        assert_eq!(space.translate(0), None);
+        assert!(leaves(&space).is_empty());
+    }
+
+    #[test]
+    fn auto_uses_blocks_where_aligned() {
+        let mut space = space();
+        let m = &mut RecordingMaintenance::new();
+        let (va, pa) = (0x3FFF_F000, 0x7FFF_F000);
+        space.map(va, pa, M2 + 2 * K4, Data, Auto, m).expect("map");
+        let found: Vec<_> = leaves(&space).iter().map(|l| (l.va, l.level)).collect();
+        assert_eq!(
+            found,
+            vec![(0x3FFF_F000, 3), (0x4000_0000, 2), (0x4020_0000, 3)]
+        );
+        let t = space.translate(0x4012_3456).expect("mapped");
+        assert_eq!((t.pa, t.level, t.size), (0x8012_3456, 2, M2));
+        // Two fresh level-2 tables and two level-3 tables: one publish before linking them, one
+        // after the leaves; no invalidation for previously invalid slots.
+        assert_eq!(space.table_count(), 5);
+        assert_eq!(m.events, vec![TlbEvent::Publish, TlbEvent::Publish]);
+        // VA and PA in a different 2 MiB phase: pages only.
+        space.map(0x1000_0000, K4, M2, Data, Auto, m).expect("map");
+        assert_eq!(space.translate(0x1000_0000).map(|t| t.level), Some(3));
+    }
+
+    #[test]
+    fn argument_errors_change_nothing() {
+        let mut space = space();
+        let m = &mut NoMaintenance;
+        assert_eq!(space.map(0, 0, 0, Data, Auto, m), Err(ZeroSize));
+        let align = M2;
+        assert_eq!(
+            space.map(K4, 0, M2, ExecPool, Block2M, m),
+            Err(UnalignedVa { va: K4, align })
+        );
+        assert_eq!(
+            space.map(0, K4, M2, ExecPool, Block2M, m),
+            Err(UnalignedPa { pa: K4, align })
+        );
+        let size = K4;
+        assert_eq!(
+            space.map(0, 0, K4, ExecPool, Block2M, m),
+            Err(UnalignedSize { size, align })
+        );
+        let (va, align) = (0x10, K4);
+        assert_eq!(
+            space.map(va, 0, K4, Data, Pages, m),
+            Err(UnalignedVa { va, align })
+        );
+        let (va, size) = (VA_LIMIT - K4, 2 * K4);
+        assert_eq!(
+            space.map(va, 0, size, Data, Auto, m),
+            Err(VaOutOfRange { va, size })
+        );
+        let va = u64::MAX - 0xFFF;
+        assert_eq!(
+            space.map(va, 0, size, Data, Auto, m),
+            Err(VaOutOfRange { va, size })
+        );
+        let pa = PA_LIMIT - K4;
+        assert_eq!(
+            space.map(0, pa, size, Data, Auto, m),
+            Err(PaOutOfRange { pa, size })
+        );
+        assert_eq!(space.table_count(), 1);
+        assert!(leaves(&space).is_empty());
+    }
+
+    #[test]
+    fn never_maps_over_a_live_entry() {
+        let mut space = space();
+        let m = &mut NoMaintenance;
+        space
+            .map(0x20_5000, 0x9000, K4, Rodata, Pages, m)
+            .expect("map");
+        let before = leaves(&space);
+        let tables = space.table_count();
+        // The dry run finds the conflict at the last page: the first pages are not written, and
+        // the level-3 table the range would need next door is not created.
+        let va = 0x20_5000;
+        assert_eq!(
+            space.map(0x1F_0000, K4, 0x16000, Data, Auto, m),
+            Err(AlreadyMapped { va })
+        );
+        assert_eq!(leaves(&space), before);
+        assert_eq!(space.table_count(), tables);
+        // A 2 MiB block over the level-3 table that holds that page.
+        let va = 0x20_0000;
+        assert_eq!(
+            space.map(va, 0, M2, ExecPool, Block2M, m),
+            Err(WouldReplaceTable { va })
+        );
+        // Auto falls back to pages under an existing level-3 table, and still finds the page.
+        let conflict = AlreadyMapped { va: 0x20_5000 };
+        assert_eq!(space.map(va, 0, M2, Data, Auto, m), Err(conflict));
+        // A block over a block.
+        let va = 0x40_0000;
+        space.map(va, 0, M2, ExecPool, Block2M, m).expect("map");
+        assert_eq!(
+            space.map(va, 0, M2, ExecPool, Block2M, m),
+            Err(AlreadyMapped { va })
+        );
+    }
+
+    #[test]
+    fn never_splits_a_live_block() {
+        let mut space = space();
+        let m = &mut NoMaintenance;
+        space
+            .map(0x40_0000, 0x20_0000, M2, ExecPool, Block2M, m)
+            .expect("map");
+        let before = leaves(&space);
+        let va = 0x40_0000;
+        assert_eq!(
+            space.map(0x3F_F000, 0, 2 * K4, Data, Pages, m),
+            Err(WouldSplitBlock { va })
+        );
+        assert_eq!(space.unmap(va, M2 / 2, m), Err(WouldSplitBlock { va }));
+        let va = 0x50_0000;
+        assert_eq!(space.unmap(va, M2 / 2, m), Err(WouldSplitBlock { va }));
+        let va = 0x41_0000;
+        assert_eq!(space.reserve_pages(va, K4, m), Err(WouldSplitBlock { va }));
+        assert_eq!(leaves(&space), before);
+    }
+
+    #[test]
+    fn unmap_invalidates_each_leaf_after_clearing_it() {
+        let mut space = space();
+        let (va, size) = (0x3F_F000, M2 + K4);
+        space
+            .map(va, va, size, Data, Auto, &mut NoMaintenance)
+            .expect("map");
+        // SAFETY: the space outlives the recorder.
+        let m = &mut unsafe { RecordingMaintenance::observing(space.root_pa()) };
+        space.unmap(va, size, m).expect("unmap");
+        assert_eq!(
+            m.events,
+            vec![invalidated(va, 3), invalidated(0x40_0000, 2)]
+        );
+        assert!(leaves(&space).is_empty());
+        assert_eq!(space.unmap(va, K4, m), Err(NotMapped { va }));
+        // Remapping reuses the tables that stayed.
+        let tables = space.table_count();
+        space.map(va, 0, K4, Data, Pages, m).expect("map");
+        assert_eq!(space.table_count(), tables);
+    }
+
+    #[test]
+    fn unmap_with_a_hole_changes_nothing() {
+        let mut space = space();
+        let m = &mut RecordingMaintenance::new();
+        space.map(0x1000, 0x1000, K4, Data, Pages, m).expect("map");
+        space.map(0x3000, 0x3000, K4, Data, Pages, m).expect("map");
+        m.events.clear();
+        assert_eq!(
+            space.unmap(0x1000, 3 * K4, m),
+            Err(NotMapped { va: 0x2000 })
+        );
+        assert_eq!(leaves(&space).len(), 2);
+        assert!(m.events.is_empty());
+    }
+
+    #[test]
+    fn replace_block_is_break_before_make() {
+        let mut space = space();
+        let va = 0x4000_0000;
+        space
+            .map(va, 0x20_0000, M2, ExecPool, Block2M, &mut NoMaintenance)
+            .expect("map");
+        // SAFETY: the space outlives the recorder.
+        let m = &mut unsafe { RecordingMaintenance::observing(space.root_pa()) };
+        space
+            .replace_block_2m(va, 0x60_0000, ExecPool, m)
+            .expect("replace");
+        // The walker saw the entry invalid while the TLBI ran; the new entry came after.
+        assert_eq!(m.events, vec![invalidated(va, 2), TlbEvent::Publish]);
+        let t = space.translate(va + 0x1234).expect("mapped");
+        assert_eq!((t.pa, t.level), (0x60_1234, 2));
+        assert_eq!(
+            Ok(t.raw),
+            El1And0::block_descriptor(BlockLevel::L2, 0x60_0000, ExecPool)
+        );
+
+        m.events.clear();
+        let (pa, align) = (K4, M2);
+        assert_eq!(
+            space.replace_block_2m(va, pa, ExecPool, m),
+            Err(UnalignedPa { pa, align })
+        );
+        let unmapped = va + M2;
+        let refused = space.replace_block_2m(unmapped, 0, ExecPool, m);
+        assert_eq!(refused, Err(NotMapped { va: unmapped }));
+        space.map(0, 0, K4, Data, Pages, m).expect("map");
+        m.events.clear();
+        assert_eq!(
+            space.replace_block_2m(0, 0, ExecPool, m),
+            Err(WouldReplaceTable { va: 0 })
+        );
+        assert!(m.events.is_empty());
+    }
+
+    #[test]
+    fn reserved_fixmap_entries_are_stable_and_invalid() {
+        let mut space = space();
+        let window = 0x7F_FFE0_0000 - 4 * K4; // straddles a 2 MiB boundary
+        let m = &mut RecordingMaintenance::new();
+        space.reserve_pages(window, 8 * K4, m).expect("reserve");
+        assert_eq!(m.events, vec![TlbEvent::Publish, TlbEvent::Publish]);
+        assert!(leaves(&space).is_empty());
+        let slots: Vec<_> = (0..8)
+            .map(|i| space.leaf_entry_ptr(window + i * K4))
+            .collect();
+        assert!(slots.iter().all(Option::is_some));
+        // Reserving again is a no-op; the entries stay where they are.
+        let tables = space.table_count();
+        space.reserve_pages(window, 8 * K4, m).expect("reserve");
+        assert_eq!(space.table_count(), tables);
+        assert_eq!(space.leaf_entry_ptr(window), slots[0]);
+        assert_eq!(space.leaf_entry_ptr(0x1000), None);
+
+        // The poke path stores a page descriptor directly.
+        let slot = space.leaf_entry_ptr(window + K4).expect("reserved");
+        let raw = AddressSpace::<El1And0>::page_descriptor(0x4000_3000, PokeAlias).expect("ok");
+        // SAFETY: a reserved entry of a live space, no other access to it now.
+        unsafe { slot.as_ptr().write_volatile(raw) };
+        let t = space.translate(window + K4 + 8).expect("poked");
+        assert_eq!((t.pa, t.level, t.raw), (0x4000_3008, 3, raw));
+        let va = window + K4;
+        assert_eq!(
+            space.reserve_pages(window, 8 * K4, m),
+            Err(AlreadyMapped { va })
+        );
+        // SAFETY: as above.
+        unsafe { slot.as_ptr().write_volatile(0) };
+        assert_eq!(space.translate(window + K4), None);
+    }
+
+    #[test]
+    fn out_of_memory_changes_nothing() {
+        let mut space = space();
+        // A page at 0x1000 needs a level-2 and a level-3 table; the second allocation fails.
+        space.set_allocation_budget(1);
+        assert_eq!(
+            space.map(0x1000, 0, K4, Data, Pages, &mut NoMaintenance),
+            Err(OutOfMemory)
+        );
+        assert_eq!(space.table_count(), 1);
+        space.set_allocation_budget(1);
+        assert_eq!(
+            space.reserve_pages(0x1000, K4, &mut NoMaintenance),
+            Err(OutOfMemory)
+        );
+        assert_eq!(space.table_count(), 1);
+        assert!(leaves(&space).is_empty());
+        // One table is enough for a 2 MiB block.
+        space.set_allocation_budget(1);
+        space
+            .map(0, 0, M2, Data, Auto, &mut NoMaintenance)
+            .expect("map");
+        assert_eq!(space.table_count(), 2);
+    }
+
+    #[test]
+    fn walker_accumulates_table_limits() {
+        let mut space = space();
+        space
+            .map(0x20_0000, 0, K4, Data, Pages, &mut NoMaintenance)
+            .expect("map");
+        let pxn = TableAttributes {
+            pxn_table: true,
+            ..TableAttributes::NONE
+        };
+        let no_write = TableAttributes {
+            ap_table_no_write: true,
+            ..TableAttributes::NONE
+        };
+        for (level, attrs) in [(1, pxn), (2, no_write)] {
+            let entry = space
+                .entry_for_test(0x20_0000, level)
+                .expect("table descriptor");
+            // SAFETY: an entry of a live table of this space.
+            unsafe { entry.write_volatile(entry.read_volatile() | attrs.bits()) };
+        }
+        let all = leaves(&space);
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].table, pxn.then(no_write));
+        let read_only = Permissions {
+            read: true,
+            write: false,
+            exec: false,
+        };
+        assert_eq!(all[0].permissions(false), read_only);
+    }
+
+    #[test]
+    fn el2_tables_hold_el2_encodings() {
+        let mut space = AddressSpace::<El2>::new().expect("root");
+        let va = 0x4000_0000;
+        space
+            .map(va, va, M2, Code, Auto, &mut NoMaintenance)
+            .expect("map");
+        let t = space.translate(va).expect("mapped");
+        assert_eq!((t.raw >> 6) & 0b11, 0b11, "EL2 read-only is AP = 0b11");
+        assert_eq!(t.raw & (3 << 53), 0, "EL2 executable: XN clear, PXN RES0");
+        let read_exec = Permissions {
+            read: true,
+            write: false,
+            exec: true,
+        };
+        assert_eq!(leaves(&space)[0].permissions(false), read_exec);
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Map {
+            page: u64,
+            pages: u64,
+            frame: u64,
+            granularity: Granularity,
+        },
+        Unmap {
+            page: u64,
+            pages: u64,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        // A 16 MiB window (4096 pages) across a 1 GiB boundary; starts and sizes are often whole
+        // 2 MiB blocks, so blocks, splits and whole-leaf unmaps all occur.
+        let page = || prop_oneof![(0u64..8).prop_map(|block| block * 512), 0u64..4096];
+        let pages = || prop_oneof![(1u64..3).prop_map(|blocks| blocks * 512), 1u64..600];
+        let granularity = prop_oneof![Just(Auto), Just(Pages), Just(Block2M)];
+        let map =
+            (page(), pages(), page(), granularity).prop_map(|(page, pages, frame, granularity)| {
+                Op::Map {
+                    page,
+                    pages,
+                    frame,
+                    granularity,
+                }
+            });
+        let unmap = (page(), pages()).prop_map(|(page, pages)| Op::Unmap { page, pages });
+        prop_oneof![3 => map, 1 => unmap]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Against a model: a refused operation changes no leaf, adds no table and asks for no
+        /// maintenance; an accepted one maps (or unmaps) exactly its range, with whole leaves.
+        #[test]
+        fn operations_are_all_or_nothing(ops in proptest::collection::vec(op(), 1..24)) {
+            let base = (1 << 30) - 4 * M2;
+            let mut space = space();
+            for op in ops {
+                let before = leaves(&space);
+                let tables = space.table_count();
+                let m = &mut RecordingMaintenance::new();
+                let (va, size, result) = match op {
+                    Op::Map { page, pages, frame, granularity } => {
+                        let (va, pa, size) = (base + page * K4, frame * K4, pages * K4);
+                        let result = space.map(va, pa, size, Data, granularity, m);
+                        (va, size, result.map(|()| Some(pa)))
+                    }
+                    Op::Unmap { page, pages } => {
+                        let (va, size) = (base + page * K4, pages * K4);
+                        (va, size, space.unmap(va, size, m).map(|()| None))
+                    }
+                };
+                match result {
+                    Err(_) => {
+                        prop_assert_eq!(leaves(&space), before);
+                        prop_assert_eq!(space.table_count(), tables);
+                        prop_assert!(m.events.is_empty());
+                    }
+                    Ok(mapped) => {
+                        for at in (va..va + size).step_by(K4 as usize) {
+                            let expected = mapped.map(|pa| pa + (at - va));
+                            prop_assert_eq!(space.translate(at).map(|t| t.pa), expected);
+                        }
+                        for leaf in leaves(&space) {
+                            prop_assert_eq!(leaf.va % leaf.size, 0);
+                            prop_assert_eq!(leaf.pa % leaf.size, 0);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! Text poke, in every boot mode (and on several CPU models): JIT code written through the fixmap
+//! alias runs; overwritten code runs anew; code across a page boundary works; a live NOP→B patch
+//! redirects a function; BRK fill traps; direct stores still fault; the alias is gone after every
+//! poke; every bad input is refused with memory unchanged; and the cache-maintenance plan matches
+//! what CTR_EL0 and MIDR_EL1 say.
+
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::vec::Vec;
+use core::ptr;
+
+use execmem::arch::aarch64::cpu;
+use execmem::board;
+use execmem::fault::ExceptionClass;
+use execmem::kernel::fault::{Resume, catch};
+use execmem::kernel::{self, exec_pool, mmu, poke};
+use execmem::mmu::BLOCK_SIZE_2M;
+use execmem::poke::cache::Clean;
+use execmem::poke::insn::{self, CodeBuf, W0, X0};
+use execmem::poke::{ExecRegion, PokeError};
+use execmem::{println, tests};
+
+execmem::entry!(main);
+
+/// The pack these tests write into.
+const PACK: u64 = board::EXEC_POOL_VA.start;
+
+fn main() {
+    exec_pool::map_pack(PACK).expect("map a pack for the poke tests");
+    kernel::testing::run(
+        "poke",
+        tests![
+            maintenance_plan_matches_the_cpu,
+            jit_a_function_and_call_it,
+            overwrite_and_call_again,
+            code_across_a_page_boundary,
+            patch_nop_to_b_redirects_a_function,
+            patch_batch_changes_any_instruction,
+            text_set_brk_traps_when_called,
+            direct_store_to_the_pack_still_faults,
+            alias_is_gone_and_audit_clean_after_pokes,
+            bad_inputs_are_refused_with_memory_unchanged,
+        ],
+    );
+    exec_pool::unmap_pack(PACK).expect("unmap");
+}
+
+/// Calls the code at `addr` as `extern "C" fn() -> u32`.
+fn call(addr: u64) -> u32 {
+    // SAFETY: the tests only call addresses where they wrote a complete function ending in RET.
+    let f: extern "C" fn() -> u32 = unsafe { core::mem::transmute(addr as usize) };
+    f()
+}
+
+/// `movz w0, #value; ret` at `at`.
+fn return_const(at: u64, value: u16) -> CodeBuf {
+    let mut code = CodeBuf::new(at);
+    code.push(insn::movz(W0, value, 0).expect("movz"));
+    code.push(insn::ret());
+    code
+}
+
+fn write(code: &CodeBuf) {
+    poke::text_copy(code.base(), &code.as_bytes()).expect("text_copy");
+}
+
+fn maintenance_plan_matches_the_cpu() {
+    let plan = exec_pool::maintenance_plan();
+    let cache = cpu::cache_type();
+    let midr = cpu::midr();
+    println!("  {midr}, CTR_EL0 {:#010x}: {cache}", cpu::ctr_el0());
+    println!("  plan: {plan}");
+    assert_eq!(plan.d_line, cache.d_line);
+    assert_eq!(plan.i_line, cache.i_line);
+    let expected_clean = if cache.idc {
+        Clean::Skip
+    } else if midr.needs_clean_invalidate_for_code() {
+        Clean::Civac
+    } else {
+        Clean::Cvau
+    };
+    assert_eq!(plan.clean, expected_clean);
+    assert_eq!(plan.invalidate_icache, !cache.dic);
+}
+
+fn jit_a_function_and_call_it() {
+    let code = return_const(PACK + 0x100, 42);
+    write(&code);
+    assert_eq!(call(code.base()), 42);
+}
+
+fn overwrite_and_call_again() {
+    let at = PACK + 0x100;
+    write(&return_const(at, 42));
+    assert_eq!(call(at), 42);
+    write(&return_const(at, 7));
+    assert_eq!(call(at), 7, "the new code runs, not a stale copy");
+    // A longer function over the same place: x0 = 0x1234_5678_9abc + 1.
+    let mut code = CodeBuf::new(at);
+    code.load_imm64(X0, 0x1234_5678_9abc).expect("imm");
+    code.push(insn::add_imm(X0, X0, 1, false).expect("add"));
+    code.push(insn::ret());
+    write(&code);
+    // SAFETY: a complete function returning u64 in x0.
+    let f: extern "C" fn() -> u64 = unsafe { core::mem::transmute(at as usize) };
+    assert_eq!(f(), 0x1234_5678_9abd);
+}
+
+fn code_across_a_page_boundary() {
+    // Starts 12 bytes before a 4 KiB boundary: three instructions in one page, the rest in the next.
+    let at = PACK + 0x2000 - 12;
+    let mut code = CodeBuf::new(at);
+    code.push(insn::movz(W0, 1, 0).expect("movz"));
+    for _ in 0..5 {
+        code.push(insn::add_imm(W0, W0, 10, false).expect("add"));
+    }
+    code.push(insn::ret());
+    let maps_before = poke::alias_maps();
+    write(&code);
+    assert_eq!(
+        poke::alias_maps() - maps_before,
+        2,
+        "one alias mapping per page touched"
+    );
+    assert_eq!(call(at), 51);
+}
+
+fn patch_nop_to_b_redirects_a_function() {
+    // nop; movz w0,#1; ret; movz w0,#2; ret — then the NOP becomes `b` to the second movz.
+    let at = PACK + 0x3000;
+    let mut code = CodeBuf::new(at);
+    code.push(insn::nop());
+    code.push(insn::movz(W0, 1, 0).expect("movz"));
+    code.push(insn::ret());
+    let target = code.here();
+    code.push(insn::movz(W0, 2, 0).expect("movz"));
+    code.push(insn::ret());
+    write(&code);
+    assert_eq!(call(at), 1);
+    let branch = insn::b(at, target).expect("b");
+    poke::patch_insn(at, insn::nop(), branch).expect("NOP -> B is CMODX-safe");
+    assert_eq!(call(at), 2, "the function now takes the branch");
+    poke::patch_insn(at, branch, insn::nop()).expect("B -> NOP");
+    assert_eq!(call(at), 1);
+}
+
+fn patch_batch_changes_any_instruction() {
+    let at = PACK + 0x4000;
+    write(&return_const(at, 5));
+    assert_eq!(call(at), 5);
+    // MOVZ -> MOVZ is not a CMODX pair: patch_insn refuses, the batch path does it.
+    let new = insn::movz(W0, 9, 0).expect("movz");
+    assert!(matches!(
+        poke::patch_insn(at, insn::movz(W0, 5, 0).unwrap(), new),
+        Err(PokeError::NotCmodxSafe { .. })
+    ));
+    poke::patch_batch(&[(at, new)]).expect("batch");
+    assert_eq!(call(at), 9);
+}
+
+fn text_set_brk_traps_when_called() {
+    let at = PACK + 0x5000;
+    write(&return_const(at, 3));
+    poke::text_set(at, insn::brk(0x7), 2).expect("text_set");
+    let report = catch(Resume::ReturnToCaller, || {
+        call(at);
+    })
+    .expect("calling BRK-filled code traps");
+    println!("  caught: {report}");
+    assert_eq!(report.class(), ExceptionClass::Brk);
+    assert_eq!(report.immediate(), Some(0x7));
+    assert_eq!(report.elr, at);
+}
+
+fn direct_store_to_the_pack_still_faults() {
+    let at = PACK + 0x100;
+    let report = catch(Resume::Skip, || {
+        // SAFETY: must fault: exec memory is never writable.
+        unsafe { ptr::write_volatile(at as *mut u32, insn::nop()) };
+    })
+    .expect("direct store faults");
+    assert_eq!(report.class(), ExceptionClass::DataAbort);
+}
+
+fn alias_is_gone_and_audit_clean_after_pokes() {
+    for cpu in 0..board::CPUS {
+        let slot = mmu::fixmap_poke_slot(cpu);
+        assert!(
+            mmu::with_tables(|t| t.translate(slot)).is_none(),
+            "fixmap slot {cpu} invalid"
+        );
+    }
+    let violations = exec_pool::audit();
+    for v in &violations {
+        println!("  violation: {v}");
+    }
+    assert!(violations.is_empty());
+}
+
+/// What was attempted, its result, and whether the error is the expected one.
+type RefusalCase = (&'static str, Result<(), PokeError>, fn(&PokeError) -> bool);
+
+fn bad_inputs_are_refused_with_memory_unchanged() {
+    let at = PACK + 0x6000;
+    write(&return_const(at, 11));
+    let snapshot = |from: u64| -> Vec<u32> {
+        // SAFETY: reads of the mapped pack.
+        (0..8)
+            .map(|i| unsafe { ptr::read_volatile((from + 4 * i) as *const u32) })
+            .collect()
+    };
+    let before = snapshot(at);
+    let unmapped_pack = PACK + BLOCK_SIZE_2M;
+    let outside = board::EXEC_POOL_VA.start - 0x1000;
+    let nop = insn::nop();
+    let movz = insn::movz(W0, 11, 0).expect("movz");
+
+    let cases: [RefusalCase; 9] = [
+        (
+            "copy outside the pool",
+            poke::text_copy(outside, &[0; 4]),
+            |e| matches!(e, PokeError::NotExecMemory { .. }),
+        ),
+        (
+            "copy to an unmapped pack",
+            poke::text_copy(unmapped_pack, &[0; 4]),
+            |e| matches!(e, PokeError::NotExecMemory { .. }),
+        ),
+        (
+            "copy past the pack end",
+            poke::text_copy(PACK + BLOCK_SIZE_2M - 4, &[0; 8]),
+            |e| matches!(e, PokeError::PastEnd { .. }),
+        ),
+        ("empty source", poke::text_copy(at, &[]), |e| {
+            matches!(e, PokeError::EmptySource)
+        }),
+        (
+            "misaligned patch",
+            poke::patch_insn(at + 2, movz, nop),
+            |e| matches!(e, PokeError::Misaligned { .. }),
+        ),
+        (
+            "expected old mismatch",
+            poke::patch_insn(at, nop, insn::brk(0)),
+            |e| matches!(e, PokeError::OldMismatch { .. }),
+        ),
+        ("non-CMODX pair", poke::patch_insn(at, movz, nop), |e| {
+            matches!(e, PokeError::NotCmodxSafe { .. })
+        }),
+        ("misaligned text_set", poke::text_set(at + 1, nop, 1), |e| {
+            matches!(e, PokeError::Misaligned { .. })
+        }),
+        (
+            "copy past the slot end",
+            poke::text_copy_within(ExecRegion::slot(at, at + 8), at + 4, &[0; 8]),
+            |e| matches!(e, PokeError::PastEnd { .. }),
+        ),
+    ];
+    for (what, result, expected) in cases {
+        let error = result.expect_err(what);
+        println!("  {what}: {error}");
+        assert!(expected(&error), "{what}: wrong error {error:?}");
+    }
+    let batch = poke::patch_batch(&[(at, nop), (outside, nop)]);
+    assert!(
+        matches!(batch, Err(PokeError::NotExecMemory { .. })),
+        "a batch with one bad address writes nothing"
+    );
+    assert_eq!(snapshot(at), before, "memory unchanged by refused pokes");
+    assert_eq!(call(at), 11);
+}
