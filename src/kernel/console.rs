@@ -2,31 +2,43 @@
 
 use core::fmt::{self, Write};
 
-use spin::Mutex;
+use spin::mutex::SpinMutex;
 
 use super::pl011::Pl011;
 use crate::board;
 
 // SAFETY: the board names the address of its console PL011, and only this static drives it.
-static CONSOLE: Mutex<Pl011> = Mutex::new(unsafe { Pl011::new(board::UART.start as usize) });
+static CONSOLE: SpinMutex<Pl011> =
+    SpinMutex::new(unsafe { Pl011::new(board::UART.start as usize) });
+
+/// Runs `f` on the UART: under its lock once locks work, directly before (see
+/// [`super::locks_ready`]: with the MMU off a spin lock may never be acquired on real hardware).
+fn with_uart<T>(f: impl FnOnce(&mut Pl011) -> T) -> T {
+    if super::locks_ready() {
+        f(&mut CONSOLE.lock())
+    } else {
+        // SAFETY: before locks are ready only CPU 0 runs, with interrupts masked; no reference
+        // outlives this call.
+        f(unsafe { &mut *CONSOLE.as_mut_ptr() })
+    }
+}
 
 /// Sets up the board's console UART (pins, baud rate).
 pub fn init() {
     board::init_console_pins();
-    CONSOLE.lock().init(board::UART_CLOCK_HZ);
+    with_uart(|uart| uart.init(board::UART_CLOCK_HZ));
 }
 
 /// Writes formatted text to the console (what `print!` expands to).
 pub fn write_fmt(args: fmt::Arguments<'_>) {
-    // Printing cannot fail on a polled UART; an error from a Display impl is ignored as std does
-    // for stdout in a no_std-friendly way: the rest of the output still appears.
-    let _ = CONSOLE.lock().write_fmt(args);
+    // Printing cannot fail on a polled UART; an error from a Display impl only cuts that text.
+    let _ = with_uart(|uart| uart.write_fmt(args));
 }
 
 /// Writes from an exception or panic path, which may have interrupted a holder of the lock on
 /// this CPU: the lock is broken rather than waited for (a deadlock would hide the report).
 pub fn write_fmt_emergency(args: fmt::Arguments<'_>) {
-    if CONSOLE.is_locked() {
+    if super::locks_ready() && CONSOLE.is_locked() {
         // SAFETY: only called on the way to a report, with interrupts masked. The interrupted
         // holder never resumes in the middle of a UART write except after an expected fault,
         // whose handler does not print; a torn line is the worst outcome.

@@ -50,7 +50,10 @@ pub fn catch(resume: Resume, f: impl FnOnce()) -> Option<FaultReport> {
 
 /// Synchronous exceptions and SErrors (called by the arch layer).
 pub(crate) fn on_exception(kind: VectorKind, report: FaultReport, frame: &mut ExceptionFrame) {
-    let armed = ARMED.swap(DISARMED, Ordering::SeqCst);
+    // A load and a store, not a swap: this also runs before the MMU is on, where an atomic
+    // read-modify-write may never complete (see `kernel::locks_ready`).
+    let armed = ARMED.load(Ordering::SeqCst);
+    ARMED.store(DISARMED, Ordering::SeqCst);
     let resumable =
         kind.source() == "current EL, SP_ELx" && report.class() != ExceptionClass::SError;
     if armed != DISARMED && resumable {

@@ -218,6 +218,8 @@ pub fn init() -> Result<(), LayoutError> {
     // stack), the heap holding the tables, and the console UART; later changes go through
     // `with_tables` and BroadcastTlb.
     unsafe { hw::enable(tables.root_pa(), cpu::midr()) };
+    // Memory is Normal cacheable now: exclusives work.
+    super::set_locks_ready();
     *TABLES.lock() = Some(tables);
     PLAN.call_once(|| {
         plan.iter()

@@ -20,6 +20,8 @@ pub mod report;
 #[cfg(feature = "qemu")]
 pub mod testing;
 
+use core::sync::atomic::{AtomicBool, Ordering};
+
 use spin::Once;
 
 use crate::arch::aarch64::cpu;
@@ -34,6 +36,22 @@ pub struct BootInfo {
 }
 
 static BOOT_INFO: Once<BootInfo> = Once::new();
+
+/// Set once the MMU and caches are on. Before, all memory is Device-nGnRnE and exclusive accesses
+/// (spin locks, atomic read-modify-write) may never succeed on real hardware, so the boot path
+/// takes no lock and does no atomic read-modify-write until then; only plain loads and stores of
+/// this flag.
+static LOCKS_READY: AtomicBool = AtomicBool::new(false);
+
+/// Whether spin locks and atomic read-modify-write may be used.
+pub fn locks_ready() -> bool {
+    LOCKS_READY.load(Ordering::Relaxed)
+}
+
+/// Called by `mmu::init` right after the MMU and caches are on.
+pub(crate) fn set_locks_ready() {
+    LOCKS_READY.store(true, Ordering::Release);
+}
 
 /// This boot's facts.
 pub fn boot_info() -> BootInfo {
@@ -54,8 +72,8 @@ extern "C" fn kernel_entry(dtb: u64, entry_el: u64) -> ! {
 }
 
 fn start(dtb: u64, entry_el: u8) -> ! {
+    // Until mmu::init has turned the MMU on: no locks, no atomic read-modify-write (LOCKS_READY).
     console::init();
-    BOOT_INFO.call_once(|| BootInfo { entry_el, dtb });
     // SAFETY: the heap region lies after the kernel image in RAM and nothing else uses it
     // (memory::heap_region); this is the only call.
     unsafe { heap::init(memory::heap_region()) };
@@ -63,6 +81,7 @@ fn start(dtb: u64, entry_el: u8) -> ! {
     if let Err(e) = mmu::init() {
         panic!("address space: {e}");
     }
+    BOOT_INFO.call_once(|| BootInfo { entry_el, dtb });
     exec_pool::init();
     poke::init();
     // SAFETY: defined by the binary through `entry!`, with the signature declared above.
