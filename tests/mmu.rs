@@ -300,6 +300,40 @@ fn audit_finds_planted_violations() {
             m,
         )
         .expect("map");
+    // Kernel text, executable, and a writable alias of it.
+    let text = KernelImage::current().text;
+    tables
+        .map(
+            text.start,
+            text.start,
+            0x1000,
+            Role::Code,
+            Granularity::Pages,
+            m,
+        )
+        .expect("map");
+    tables
+        .map(
+            scratch + 0x40_0000,
+            text.start,
+            0x1000,
+            Role::Data,
+            Granularity::Pages,
+            m,
+        )
+        .expect("map");
+    // A pack block backed by memory outside the exec frames.
+    let stray = pool.start + 2 * BLOCK_SIZE_2M;
+    tables
+        .map(
+            stray,
+            0x40_0000_0000 - BLOCK_SIZE_2M,
+            BLOCK_SIZE_2M,
+            Role::ExecPool,
+            Granularity::Block2M,
+            m,
+        )
+        .expect("map");
     let entry = tables.leaf_entry_ptr(scratch).expect("L3 entry");
     // SAFETY: the entry of a table we own and that no CPU walks; clear PXN (bit 53).
     unsafe {

@@ -14,8 +14,8 @@ pub const NAME: &str = "rpi4";
 pub const DESCRIPTION: &str = "Raspberry Pi 4 Model B, BCM2711, Cortex-A72, GIC-400, PL011";
 /// CPUs (the secondaries wait on the firmware's spin table at 0xd8..0xf0).
 pub const CPUS: usize = 4;
-/// RAM used by the kernel: the low 960 MiB, below the GPU's share at the top of the first GiB on a
-/// default firmware configuration (QEMU raspi4b has 2 GiB; real boards 1 to 8 GiB).
+/// RAM used by the kernel: the low 960 MiB, below the VideoCore's share at the top of the first GiB,
+/// which config.txt pins to 64 MiB (`gpu_mem=64`). QEMU raspi4b has 2 GiB; real boards 1 to 8 GiB.
 pub const RAM: Region = Region::new("RAM", 0, 960 << 20);
 /// Console PL011 (UART0), on GPIO 14/15.
 pub const UART: Region = Region::new("PL011 UART0", 0xfe20_1000, 0x200);

@@ -52,7 +52,8 @@ impl fmt::Display for PoolError {
     }
 }
 
-struct Pool {
+/// Frames and the pack → frame records.
+pub struct Pool {
     /// Free frames, in units of 2 MiB (frame number = PA >> 21).
     frames: FrameAllocator<8>,
     /// The frame behind each pack of the window, by pack index.
@@ -163,16 +164,32 @@ fn fill_and_map(va: u64, pa: u64) -> Result<(), PoolError> {
     Ok(())
 }
 
-/// The physical address behind exec address `va`, from the pool's own records.
-pub fn exec_pa(va: u64) -> Option<u64> {
-    let pool = board::EXEC_POOL_VA;
-    if !pool.contains(va) {
-        return None;
+/// The pool's records, read-locked: while a `Records` lives no pack can be unmapped or its frame
+/// reused, so a physical address looked up through it stays the one behind the exec address.
+pub struct Records(spin::RwLockReadGuard<'static, Option<Pool>>);
+
+impl Records {
+    /// The physical address behind exec address `va`, if its pack is mapped.
+    pub fn exec_pa(&self, va: u64) -> Option<u64> {
+        let pool = board::EXEC_POOL_VA;
+        if !pool.contains(va) {
+            return None;
+        }
+        let index = ((va - pool.start) / BLOCK_SIZE_2M) as usize;
+        let base = self.0.as_ref()?.packs[index]?;
+        Some(base + (va - pool.start) % BLOCK_SIZE_2M)
     }
-    let index = ((va - pool.start) / BLOCK_SIZE_2M) as usize;
-    let guard = POOL.read();
-    let base = guard.as_ref()?.packs[index]?;
-    Some(base + (va - pool.start) % BLOCK_SIZE_2M)
+}
+
+/// Locks the records for reading (see [`Records`]).
+pub fn records() -> Records {
+    Records(POOL.read())
+}
+
+/// The physical address behind exec address `va`, from the pool's own records (a snapshot: use
+/// [`records`] to keep it valid while writing).
+pub fn exec_pa(va: u64) -> Option<u64> {
+    records().exec_pa(va)
 }
 
 /// The VAs of the packs that are mapped.

@@ -68,6 +68,8 @@ pub enum LayoutError {
     OutsideRam(Region),
     /// The tables refused a mapping.
     Map(Region, MapError),
+    /// The CPU cannot run this translation regime.
+    Cpu(&'static str),
 }
 
 impl fmt::Display for LayoutError {
@@ -85,6 +87,7 @@ impl fmt::Display for LayoutError {
             Self::FixmapTooSmall(r) => write!(f, "fixmap window too small: {r}"),
             Self::OutsideRam(r) => write!(f, "{} is not inside RAM: {r}", r.name),
             Self::Map(r, e) => write!(f, "cannot map {r}: {e}"),
+            Self::Cpu(why) => f.write_str(why),
         }
     }
 }
@@ -214,10 +217,12 @@ pub fn init() -> Result<(), LayoutError> {
         .reserve_pages(slots.start, slots.size, &mut not_live)
         .map_err(|e| LayoutError::Map(slots, e))?;
 
+    let written = image.text.start..memory::heap_region().end();
     // SAFETY: the plan identity-maps the whole kernel image (this code, its data, every boot
     // stack), the heap holding the tables, and the console UART; later changes go through
-    // `with_tables` and BroadcastTlb.
-    unsafe { hw::enable(tables.root_pa(), cpu::midr()) };
+    // `with_tables` and BroadcastTlb. The MMU is still off: this is the one call. `written` covers
+    // everything stored to since reset (.data/.bss, stacks, heap).
+    unsafe { hw::enable(tables.root_pa(), cpu::midr(), written) }.map_err(LayoutError::Cpu)?;
     // Memory is Normal cacheable now: exclusives work.
     super::set_locks_ready();
     *TABLES.lock() = Some(tables);

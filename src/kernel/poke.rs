@@ -10,6 +10,7 @@ use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use aarch64_cpu::registers::{DAIF, Readable, Writeable};
+use spin::Mutex;
 
 use crate::arch::aarch64::{cache, cpu, mmu::BroadcastTlb};
 use crate::board;
@@ -23,6 +24,11 @@ static SLOT_ENTRIES: [AtomicPtr<u64>; board::CPUS] =
 
 /// Pokes done (pages mapped through the alias), for reports and tests.
 static ALIAS_MAPS: AtomicUsize = AtomicUsize::new(0);
+
+/// Serialises patches of live code, so the old instruction a patch checked is still there when it
+/// writes (Linux `text_mutex`). Plain copies into slots need no such lock: each writer owns its slot
+/// and each CPU has its own alias slot.
+static PATCH_LOCK: Mutex<()> = Mutex::new(());
 
 /// Finds the fixmap entries. Runs at boot, after the MMU is on.
 pub fn init() {
@@ -57,8 +63,11 @@ pub fn text_copy(dst: u64, src: &[u8]) -> Result<(), PokeError> {
 /// Copies `src` to `dst`, which must stay inside `region` (a slot or a pack).
 pub fn text_copy_within(region: ExecRegion, dst: u64, src: &[u8]) -> Result<(), PokeError> {
     poke::check_range(dst, src.len(), region)?;
-    pack_of(dst)?;
-    write_through_alias(dst, src.len(), |alias, offset, len| {
+    let records = exec_pool::records();
+    records
+        .exec_pa(dst)
+        .ok_or(PokeError::NotExecMemory { addr: dst })?;
+    write_through_alias(&records, dst, src.len(), |alias, offset, len| {
         // SAFETY: `alias` is this CPU's RW mapping of the page behind dst + offset, `len` bytes fit
         // in it (write_through_alias cuts at page boundaries), and `src` is ordinary memory.
         unsafe { ptr::copy_nonoverlapping(src.as_ptr().add(offset), alias, len) };
@@ -85,8 +94,11 @@ pub fn text_set_within(
         region,
     })?;
     poke::check_range(dst, len, region)?;
-    pack_of(dst)?;
-    write_through_alias(dst, len, |alias, _, len| {
+    let records = exec_pool::records();
+    records
+        .exec_pa(dst)
+        .ok_or(PokeError::NotExecMemory { addr: dst })?;
+    write_through_alias(&records, dst, len, |alias, _, len| {
         let words = alias.cast::<u32>();
         for i in 0..len / INSN_BYTES {
             // SAFETY: 4-byte aligned (dst is aligned and chunks split at page boundaries) and inside
@@ -110,10 +122,12 @@ pub fn read_insn(addr: u64) -> Result<u32, PokeError> {
 /// B2.2.5), so every CPU executes either the old or the new one. `expected_old` must match what is
 /// there. Any other change needs [`patch_batch`].
 pub fn patch_insn(addr: u64, expected_old: u32, new: u32) -> Result<(), PokeError> {
+    let _patching = PATCH_LOCK.lock();
+    let records = exec_pool::records();
     let found = read_insn(addr)?;
     poke::check_old(addr, expected_old, found)?;
     poke::check_pair(found, new)?;
-    write_through_alias(addr, INSN_BYTES, |alias, _, _| {
+    write_through_alias(&records, addr, INSN_BYTES, |alias, _, _| {
         // SAFETY: one aligned 32-bit store into the alias page (the CMODX single-copy-atomic write).
         unsafe { alias.cast::<u32>().write_volatile(new) };
     });
@@ -124,13 +138,18 @@ pub fn patch_insn(addr: u64, expected_old: u32, new: u32) -> Result<(), PokeErro
 /// then executes an ISB (Linux's `stop_machine` pattern for `aarch64_insn_patch_text`). Every
 /// address is checked first; on any error nothing is written.
 pub fn patch_batch(patches: &[(u64, u32)]) -> Result<(), PokeError> {
+    let _patching = PATCH_LOCK.lock();
+    // Every lookup and lock before the others stop: a stopped CPU may hold anything else.
+    let records = exec_pool::records();
     for &(addr, _) in patches {
         poke::check_insn_aligned(addr)?;
-        pack_of(addr)?;
+        records
+            .exec_pa(addr)
+            .ok_or(PokeError::NotExecMemory { addr })?;
     }
     super::rendezvous::stop_others_and_run(|| {
         for &(addr, new) in patches {
-            write_through_alias(addr, INSN_BYTES, |alias, _, _| {
+            write_through_alias(&records, addr, INSN_BYTES, |alias, _, _| {
                 // SAFETY: one aligned 32-bit store into the alias page; the others are stopped.
                 unsafe { alias.cast::<u32>().write_volatile(new) };
             });
@@ -141,8 +160,14 @@ pub fn patch_batch(patches: &[(u64, u32)]) -> Result<(), PokeError> {
 
 /// Maps each page of `[dst, dst + len)` at this CPU's fixmap slot in turn, lets `write` store
 /// through it (alias pointer, offset into the range, bytes in this page), unmaps it, then runs one
-/// cache-maintenance pass over the whole range. The caller has checked the range.
-fn write_through_alias(dst: u64, len: usize, mut write: impl FnMut(*mut u8, usize, usize)) {
+/// cache-maintenance pass over the whole range. The caller has checked the range and holds the
+/// pool's `records`, so no frame behind it can be freed and reused meanwhile.
+fn write_through_alias(
+    records: &exec_pool::Records,
+    dst: u64,
+    len: usize,
+    mut write: impl FnMut(*mut u8, usize, usize),
+) {
     let cpu = cpu::cpu_id();
     let slot = mmu::fixmap_poke_slot(cpu);
     let entry = SLOT_ENTRIES[cpu].load(Ordering::Acquire);
@@ -153,7 +178,7 @@ fn write_through_alias(dst: u64, len: usize, mut write: impl FnMut(*mut u8, usiz
     while offset < len {
         let at = dst + offset as u64;
         let in_page = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(len - offset);
-        let pa = exec_pool::exec_pa(at).expect("checked by the caller") & !(PAGE_SIZE - 1);
+        let pa = records.exec_pa(at).expect("checked by the caller") & !(PAGE_SIZE - 1);
         let alias = AddressSpace::<El1And0>::page_descriptor(pa, Role::PokeAlias)
             .expect("exec frames are page-aligned RAM");
 

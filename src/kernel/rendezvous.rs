@@ -4,20 +4,26 @@
 //! to whatever it was running, so none can execute a half-changed sequence or stale prefetched
 //! instructions.
 //!
+//! Rounds are numbered: a participant waits for *its* round to be released, so one that is slow to
+//! leave a round can never be caught by the next one resetting shared flags.
+//!
 //! Only CPU 0 is online until the SMP work brings the others up; they will enter
 //! [`participate`] from the IPI that [`stop_others_and_run`] sends.
 
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
 
+use aarch64_cpu::registers::{DAIF, Readable, Writeable};
 use spin::Mutex;
 
 /// CPUs running the kernel (CPU 0 only, until secondaries are released).
 static ONLINE: AtomicUsize = AtomicUsize::new(1);
-/// CPUs that arrived and spin in the current rendezvous.
+/// The round in progress (or the last one).
+static ROUND: AtomicUsize = AtomicUsize::new(0);
+/// CPUs that arrived and spin in the round in progress.
 static ARRIVED: AtomicUsize = AtomicUsize::new(0);
-/// Set by the patching CPU when the change is complete.
-static RELEASED: AtomicBool = AtomicBool::new(false);
-/// One rendezvous at a time.
+/// The last round whose change is complete.
+static RELEASED: AtomicUsize = AtomicUsize::new(0);
+/// One round at a time.
 static LEADER: Mutex<()> = Mutex::new(());
 
 /// CPUs online.
@@ -26,26 +32,33 @@ pub fn online_cpus() -> usize {
 }
 
 /// Runs `change` while every other online CPU waits in [`participate`]; each of them executes an
-/// ISB after the change and before it resumes.
+/// ISB after the change and before it resumes. This CPU runs the round with interrupts masked, so
+/// nothing it does can wait on a CPU that is stopped. `change` must not take locks another CPU
+/// could hold while stopped: resolve what it needs before calling.
 pub fn stop_others_and_run(change: impl FnOnce()) {
     let _leader = LEADER.lock();
+    let daif = DAIF.get();
+    DAIF.write(DAIF::D::Masked + DAIF::A::Masked + DAIF::I::Masked + DAIF::F::Masked);
     let others = online_cpus() - 1;
-    RELEASED.store(false, Ordering::Release);
+    ARRIVED.store(0, Ordering::Relaxed);
+    let round = ROUND.load(Ordering::Relaxed) + 1;
+    ROUND.store(round, Ordering::Release);
     // (SMP: send the rendezvous IPI to the other online CPUs here.)
     while ARRIVED.load(Ordering::Acquire) < others {
         core::hint::spin_loop();
     }
     change();
-    ARRIVED.store(0, Ordering::Relaxed);
-    RELEASED.store(true, Ordering::Release);
+    RELEASED.store(round, Ordering::Release);
+    DAIF.set(daif);
 }
 
-/// What another CPU runs on the rendezvous IPI: arrive, spin until released, then synchronise its
-/// instruction stream with the change (Arm ARM B2.2.5: a context synchronisation event after the
-/// change and before executing the modified code).
+/// What another CPU runs on the rendezvous IPI: arrive, spin until its round is released, then
+/// synchronise its instruction stream with the change (Arm ARM B2.2.5 / B2.4.4: a context
+/// synchronisation event after the change and before executing the modified code).
 pub fn participate() {
+    let round = ROUND.load(Ordering::Acquire);
     ARRIVED.fetch_add(1, Ordering::AcqRel);
-    while !RELEASED.load(Ordering::Acquire) {
+    while RELEASED.load(Ordering::Acquire) < round {
         core::hint::spin_loop();
     }
     aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);

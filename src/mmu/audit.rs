@@ -40,8 +40,14 @@ pub struct AuditContext<'a> {
 pub enum Rule {
     /// A mapping is writable and executable at the privileged level.
     WritableExecutable,
-    /// A writable mapping overlaps exec-pool frames and is not the active poke slot.
+    /// A writable mapping overlaps exec-pool frames, or the physical memory of any executable
+    /// mapping (kernel text included), and is not the active poke slot.
     WritableAliasOfExecMemory,
+    /// A descriptor that is writable and executable, kept from executing only by SCTLR.WXN: it
+    /// would become a W+X mapping the moment WXN is cleared, so it is reported too.
+    WritableExecutableBehindWxn,
+    /// A pack block whose output address is not inside the exec frames.
+    PackOutsideFrames,
     /// A mapping in the exec-pool window is not a level-2 block, or a live pack is not mapped by
     /// one level-2 block.
     PackNotBlock,
@@ -57,7 +63,11 @@ impl Rule {
     pub const fn description(self) -> &'static str {
         match self {
             Self::WritableExecutable => "writable and executable",
-            Self::WritableAliasOfExecMemory => "writable alias of exec-pool memory",
+            Self::WritableAliasOfExecMemory => "writable alias of executable memory",
+            Self::WritableExecutableBehindWxn => {
+                "writable and executable descriptor (only WXN stops it)"
+            }
+            Self::PackOutsideFrames => "exec pack block outside the exec frames",
             Self::PackNotBlock => "exec pack not mapped by one 2 MiB block",
             Self::PackAttributes => "exec pack attributes differ from ExecPool",
             Self::FixmapLiveWhenIdle => "fixmap slot valid outside a poke",
@@ -114,8 +124,18 @@ pub unsafe fn audit_root<R: Regime>(root_pa: u64, context: &AuditContext<'_>) ->
     // For each live pack, the leaf that maps its first byte, if any.
     let mut pack_leaves: Vec<Option<Leaf<R>>> = Vec::new();
     pack_leaves.resize(context.live_packs.len(), None);
+    // Physical ranges of executable leaves, and writable leaves, for the alias rule below.
+    let mut exec_pa: Vec<(u64, Range<u64>)> = Vec::new();
+    let mut writable: Vec<Leaf<R>> = Vec::new();
     let visit = |leaf: &Leaf<R>| {
         check_leaf(leaf, context, &mut violations);
+        let permissions = leaf.permissions(context.wxn);
+        if permissions.exec {
+            exec_pa.push((leaf.va, leaf.pa..leaf.pa + leaf.size));
+        }
+        if permissions.write && !is_active_poke(leaf, context) {
+            writable.push(*leaf);
+        }
         for (slot, &pack) in pack_leaves.iter_mut().zip(context.live_packs) {
             if (leaf.va..leaf.va + leaf.size).contains(&pack) {
                 *slot = Some(*leaf);
@@ -124,6 +144,28 @@ pub unsafe fn audit_root<R: Regime>(root_pa: u64, context: &AuditContext<'_>) ->
     };
     // SAFETY: the caller's contract is that of `walk_root`.
     unsafe { walk_root::<R>(root_pa, visit) };
+
+    // A writable view of memory that is executable elsewhere (the exec frames are covered per leaf
+    // above, mapped or not; this catches e.g. a writable alias of kernel text).
+    // (A W+X leaf overlapping only itself is reported as W+X already.)
+    for leaf in &writable {
+        let pa_range = leaf.pa..leaf.pa + leaf.size;
+        let aliases = exec_pa
+            .iter()
+            .any(|(va, exec)| *va != leaf.va && overlaps(exec, &pa_range));
+        let reported = violations
+            .iter()
+            .any(|v| v.va == leaf.va && v.rule == Rule::WritableAliasOfExecMemory);
+        if aliases && !reported {
+            violations.push(Violation {
+                va: leaf.va,
+                level: leaf.level,
+                raw: leaf.raw,
+                permissions: Some(leaf.permissions(context.wxn)),
+                rule: Rule::WritableAliasOfExecMemory,
+            });
+        }
+    }
 
     for (&pack, leaf) in context.live_packs.iter().zip(pack_leaves) {
         let violation = match leaf {
@@ -178,12 +220,15 @@ fn check_leaf<R: Regime>(leaf: &Leaf<R>, context: &AuditContext<'_>, out: &mut V
     };
     let va_range = leaf.va..leaf.va + leaf.size;
     let pa_range = leaf.pa..leaf.pa + leaf.size;
-    let is_active_poke = context.active_poke == Some(leaf.va)
-        && leaf.level == 3
-        && context.fixmap_va.contains(&leaf.va);
+    let is_active_poke = is_active_poke(leaf, context);
 
     if permissions.write && permissions.exec {
         report(Rule::WritableExecutable);
+    } else if context.wxn {
+        let without_wxn = leaf.permissions(false);
+        if without_wxn.write && without_wxn.exec {
+            report(Rule::WritableExecutableBehindWxn);
+        }
     }
     if permissions.write && overlaps(&pa_range, &context.exec_frames_pa) && !is_active_poke {
         report(Rule::WritableAliasOfExecMemory);
@@ -193,11 +238,20 @@ fn check_leaf<R: Regime>(leaf: &Leaf<R>, context: &AuditContext<'_>, out: &mut V
             report(Rule::PackNotBlock);
         } else if !is_exec_pack(leaf) {
             report(Rule::PackAttributes);
+        } else if !(context.exec_frames_pa.start <= pa_range.start
+            && pa_range.end <= context.exec_frames_pa.end)
+        {
+            report(Rule::PackOutsideFrames);
         }
     }
     if overlaps(&va_range, &context.fixmap_va) && !is_active_poke {
         report(Rule::FixmapLiveWhenIdle);
     }
+}
+
+/// The fixmap slot of the poke in progress.
+fn is_active_poke<R: Regime>(leaf: &Leaf<R>, context: &AuditContext<'_>) -> bool {
+    context.active_poke == Some(leaf.va) && leaf.level == 3 && context.fixmap_va.contains(&leaf.va)
 }
 
 /// Exactly the [`Role::ExecPool`] bits, and executable read-only once the table limits apply.
@@ -329,13 +383,14 @@ mod tests {
             violations[0].to_string(),
             "0x3bc00000 L2 block RW X: writable and executable"
         );
-        // SCTLR.WXN makes every writable mapping execute-never.
+        // SCTLR.WXN makes every writable mapping execute-never: no longer W+X, but the descriptor
+        // still is, and would be the moment WXN is cleared.
         assert_eq!(
-            space.audit(&AuditContext {
+            rules(&space.audit(&AuditContext {
                 wxn: true,
                 ..context(&PACKS)
-            }),
-            vec![]
+            })),
+            vec![(va, WritableExecutableBehindWxn)]
         );
         // UXNTable only limits EL0: still reported.
         limit(
@@ -417,12 +472,39 @@ mod tests {
         map(&mut space, va, FRAMES_PA + 0x1000, K4, Data);
         let violations = space.audit(&context(&PACKS));
         assert_eq!(rules(&violations), vec![(va, WritableAliasOfExecMemory)]);
-        let line = "0x41000000 L3 page RW NX: writable alias of exec-pool memory";
+        let line = "0x41000000 L3 page RW NX: writable alias of executable memory";
         assert_eq!(violations[0].to_string(), line);
         // A read-only alias is no W^X problem.
         space.unmap(va, K4, &mut NoMaintenance).expect("unmap");
         map(&mut space, va, FRAMES_PA + 0x1000, K4, Rodata);
         assert_eq!(space.audit(&context(&PACKS)), vec![]);
+    }
+
+    #[test]
+    fn writable_alias_of_kernel_text() {
+        let mut space = clean::<El1And0>();
+        // A writable view of the code page at 0x4008_0000, outside any exec-pool range.
+        let va = 0x5000_0000;
+        map(&mut space, va, 0x4008_0000, K4, Data);
+        assert_eq!(
+            rules(&space.audit(&context(&PACKS))),
+            vec![(va, WritableAliasOfExecMemory)]
+        );
+        // Read-only, it is harmless.
+        space.unmap(va, K4, &mut NoMaintenance).expect("unmap");
+        map(&mut space, va, 0x4008_0000, K4, Rodata);
+        assert_eq!(space.audit(&context(&PACKS)), vec![]);
+    }
+
+    #[test]
+    fn pack_backed_by_memory_outside_the_frames() {
+        let mut space = clean::<El1And0>();
+        let va = POOL_VA + 2 * M2;
+        map(&mut space, va, 0x1_0000_0000, M2, ExecPool);
+        assert_eq!(
+            rules(&space.audit(&context(&PACKS))),
+            vec![(va, PackOutsideFrames)]
+        );
     }
 
     #[test]

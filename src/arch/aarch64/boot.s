@@ -31,8 +31,30 @@ _start:
     ldr     x1, =SCR_EL3_VALUE
     msr     scr_el3, x1
     msr     cptr_el3, xzr                   // TFP = 0: FP/SIMD not trapped to EL3
+    // Cortex-A53/A57/A72: CPUECTLR_EL1.SMPEN must be set before caches, the MMU or broadcast
+    // maintenance are used, or this core stays outside coherency (A72 TRM 4.3.67). Firmware does
+    // it when it enters us at EL2 (the Pi's armstub8); entered at EL3, we do.
+    mrs     x1, midr_el1
+    ubfx    x2, x1, #24, #8                 // implementer
+    cmp     x2, #0x41
+    b.ne    1f
+    ubfx    x2, x1, #4, #12                 // part number
+    cmp     x2, #0xd03                      // Cortex-A53
+    b.eq    2f
+    cmp     x2, #0xd07                      // Cortex-A57
+    b.eq    2f
+    cmp     x2, #0xd08                      // Cortex-A72
+    b.ne    1f
+2:  mrs     x1, S3_1_C15_C2_1               // CPUECTLR_EL1
+    orr     x1, x1, #(1 << 6)               // SMPEN
+    msr     S3_1_C15_C2_1, x1
+    isb
+1:  // EL2 registers exist only if EL2 is implemented (ID_AA64PFR0_EL1.EL2, bits [11:8]).
+    mrs     x1, id_aa64pfr0_el1
+    ubfx    x1, x1, #8, #4
+    cbz     x1, 3f
     bl      .Lsetup_el2_for_el1
-    adr     x1, .Lat_el1
+3:  adr     x1, .Lat_el1
     msr     elr_el3, x1
     mov     x1, #SPSR_EL1H_DAIF_MASKED
     msr     spsr_el3, x1

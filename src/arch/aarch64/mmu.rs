@@ -26,12 +26,38 @@ fn needs_repeat_tlbi(midr: Midr) -> bool {
 /// Programs MAIR/TCR/TTBR0 for the tables at `root_pa` and turns on the MMU, the caches and
 /// `SCTLR_EL1.WXN` (every writable mapping is also execute-never, whatever its descriptor says).
 ///
+/// `written` is the memory written with the MMU off (image, stacks, heap with the tables): those
+/// stores went straight to memory, so any line a loader left in the data cache for these addresses is
+/// stale; it is invalidated (`DC IVAC`, never a clean, which would write stale data back) before the
+/// caches are turned on, as Linux does for its early tables (booting.rst only promises the image is
+/// cleaned to the point of coherency).
+///
 /// # Safety
 /// The tables at `root_pa` must map, at their current addresses, everything the CPU uses from here
 /// on (this code, the stack, the data it touches, the console), and must not change except through
-/// [`BroadcastTlb`]-maintained updates.
-pub unsafe fn enable(root_pa: u64, midr: Midr) {
-    REPEAT_TLBI.store(needs_repeat_tlbi(midr), Ordering::Relaxed);
+/// [`BroadcastTlb`]-maintained updates. The MMU and data cache must be off.
+pub unsafe fn enable(
+    root_pa: u64,
+    midr: Midr,
+    written: core::ops::Range<u64>,
+) -> Result<(), &'static str> {
+    if ID_AA64MMFR0_EL1.read(ID_AA64MMFR0_EL1::TGran4) == 0xf {
+        return Err("this CPU does not implement the 4 KiB translation granule");
+    }
+    // Only ever set: any CPU that needs the repeated TLBI makes every CPU repeat it.
+    if needs_repeat_tlbi(midr) {
+        REPEAT_TLBI.store(true, Ordering::Relaxed);
+    }
+
+    let line = crate::arch::aarch64::cpu::cache_type().d_line as u64;
+    let mut at = written.start / line * line;
+    while at < written.end {
+        // SAFETY: with the MMU off every address is accessible; the lines are discarded, and the
+        // memory behind them already holds what was written (non-cacheable stores).
+        unsafe { asm!("dc ivac, {at}", at = in(reg) at, options(nostack, preserves_flags)) };
+        at += line;
+    }
+    barrier::dsb(barrier::SY);
 
     MAIR_EL1.set(MAIR_EL1_VALUE);
     // Output size: what the CPU implements, capped at 48 bits (the descriptors' OA field).
@@ -43,6 +69,7 @@ pub unsafe fn enable(root_pa: u64, midr: Midr) {
             + TCR_EL1::ORGN0::WriteBack_ReadAlloc_WriteAlloc_Cacheable
             + TCR_EL1::SH0::Inner
             + TCR_EL1::EPD1::DisableTTBR1Walks
+            + TCR_EL1::TG1::KiB_4
             + TCR_EL1::IPS.val(pa_range),
     );
     TTBR0_EL1.set_baddr(root_pa);
@@ -71,6 +98,7 @@ pub unsafe fn enable(root_pa: u64, midr: Midr) {
     );
     // The next instruction is fetched through the new translation.
     barrier::isb(barrier::SY);
+    Ok(())
 }
 
 /// Whether the MMU is on.
