@@ -8,7 +8,9 @@
 #[cfg(target_os = "none")]
 mod demo {
     use execmem::board;
+    use execmem::kernel::slot::{self, ExecSlot};
     use execmem::kernel::{exec_pool, mmu, poke, report};
+    use execmem::layout::Size;
     use execmem::poke::insn::{self, CodeBuf, W0};
     use execmem::println;
 
@@ -16,6 +18,7 @@ mod demo {
         report::print_boot_report();
         mmu::print_layout();
         jit_demo();
+        slot_workload();
         let violations = exec_pool::audit();
         println!("audit: {} violations", violations.len());
         for violation in &violations {
@@ -119,6 +122,108 @@ mod demo {
         );
         if let Err(e) = exec_pool::unmap_pack(pack) {
             println!("jit: unmap failed: {e}");
+        }
+    }
+
+    /// xorshift64, so the workload is the same on every run.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    /// Sizes like real BPF programs: half under 500 B, three quarters under 2 KiB, a tail to 64 KiB.
+    fn bpf_size(rng: &mut Rng) -> usize {
+        match rng.below(4) {
+            0 | 1 => 16 + rng.below(484) as usize,
+            2 => 500 + rng.below(1548) as usize,
+            _ => {
+                let base = 1u64 << (11 + rng.below(6));
+                (base + rng.below(base)).min(64 * 1024) as usize
+            }
+        }
+    }
+
+    /// 600 programs of BPF sizes, each JIT'd and called, then a third freed and 200 more added:
+    /// the allocator's pack map and statistics afterwards.
+    fn slot_workload() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut live: alloc::vec::Vec<(ExecSlot, u16)> = alloc::vec::Vec::new();
+        let add = |live: &mut alloc::vec::Vec<(ExecSlot, u16)>, rng: &mut Rng, id: u16| -> bool {
+            let slot = match slot::alloc(bpf_size(rng)) {
+                Ok(slot) => slot,
+                Err(e) => {
+                    println!("slots: alloc failed: {e}");
+                    return false;
+                }
+            };
+            let mut code = CodeBuf::new(slot.addr());
+            code.push(insn::movz(W0, id, 0).expect("movz"));
+            code.push(insn::ret());
+            if let Err(e) = slot.write(0, &code.as_bytes()) {
+                println!("slots: write failed: {e}");
+                return false;
+            }
+            live.push((slot, id));
+            true
+        };
+        for id in 0..600 {
+            if !add(&mut live, &mut rng, id) {
+                return;
+            }
+        }
+        for _ in 0..200 {
+            let victim = rng.below(live.len() as u64) as usize;
+            let (slot, _) = live.swap_remove(victim);
+            if let Err(e) = slot::free(slot) {
+                println!("slots: free failed: {e}");
+            }
+        }
+        for id in 600..800 {
+            if !add(&mut live, &mut rng, id) {
+                return;
+            }
+        }
+        let wrong = live
+            .iter()
+            .filter(|(slot, id)| call(slot.addr()) != u32::from(*id))
+            .count();
+        let stats = slot::stats();
+        println!(
+            "slots: 800 BPF-sized programs JIT'd, 200 freed at random; {} live, all called: {} wrong results",
+            live.len(),
+            wrong
+        );
+        println!(
+            "slots: {} packs mapped, {} reserved, {} live ({}% dense), {} allocations, {} frees",
+            stats.packs_mapped,
+            Size(stats.bytes_reserved as u64),
+            Size(stats.bytes_live as u64),
+            stats.bytes_live * 100 / stats.bytes_reserved.max(1),
+            stats.allocations,
+            stats.frees
+        );
+        println!(
+            "slots: pack map (one character per 32 KiB: ' ' empty, '.' <1/3, ':' <2/3, '+' more, '#' full):"
+        );
+        let mut map = alloc::string::String::new();
+        let _ = slot::render_pack_map(&mut map);
+        for line in map.lines() {
+            println!("  {line}");
+        }
+        let violations = exec_pool::audit();
+        println!(
+            "slots: audit with {} packs live: {} violations",
+            exec_pool::live_packs().len(),
+            violations.len()
+        );
+        for (slot, _) in live {
+            let _ = slot::free(slot);
         }
     }
 

@@ -17,6 +17,7 @@ pub mod pl011;
 pub mod poke;
 pub mod rendezvous;
 pub mod report;
+pub mod slot;
 #[cfg(feature = "qemu")]
 pub mod testing;
 

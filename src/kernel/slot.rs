@@ -1,0 +1,171 @@
+//! The manager's API for a kernel: executable slots packed into 2 MiB packs (Linux
+//! `vmalloc_exec(size)` / `vfree_exec(ptr, size)` on bpf_prog_pack), here with an owning handle and
+//! with `size` checked against the allocator's own record.
+//!
+//! ```ignore
+//! let slot = slot::alloc(code.len())?;          // 64-byte aligned, RX, filled with BRK
+//! slot.write(0, &code)?;                        // through the text poke, bounds-checked
+//! let f: extern "C" fn() -> u64 = unsafe { core::mem::transmute(slot.as_ptr()) };
+//! f();
+//! slot::free(slot)?;                            // refilled with BRK, chunks released
+//! ```
+//!
+//! The allocator ([`crate::pack::PackAllocator`]) runs here over the real backend: packs come from
+//! [`exec_pool`] (2 MiB frames, BRK-filled, one RX block each) and freed slots are refilled with BRK
+//! through the text poke.
+
+use core::fmt;
+
+use spin::{Mutex, Once};
+
+use crate::board;
+use crate::kernel::{exec_pool, poke};
+use crate::pack::{AllocError, BackendError, PACK_SIZE, PackAllocator, PackBackend, Slot, Stats};
+use crate::poke::{ExecRegion, PokeError, insn};
+
+/// The hardware backend of the allocator.
+pub struct PoolBackend;
+
+impl PackBackend for PoolBackend {
+    fn map_packs(&mut self, va: u64, count: usize) -> Result<(), BackendError> {
+        for i in 0..count {
+            let pack = va + (i * PACK_SIZE) as u64;
+            if let Err(e) = exec_pool::map_pack(pack) {
+                // Undo the packs mapped so far: a failed request changes nothing.
+                for j in 0..i {
+                    let _ = exec_pool::unmap_pack(va + (j * PACK_SIZE) as u64);
+                }
+                return Err(match e {
+                    exec_pool::PoolError::OutOfFrames => BackendError::OutOfFrames,
+                    exec_pool::PoolError::AlreadyMapped(_) => BackendError::AlreadyMapped,
+                    _ => BackendError::PageTable,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn unmap_packs(&mut self, va: u64, count: usize) {
+        for i in 0..count {
+            // The allocator only unmaps packs it mapped; a refusal here would be a bookkeeping bug
+            // the audit reports (a live pack the allocator no longer knows).
+            let _ = exec_pool::unmap_pack(va + (i * PACK_SIZE) as u64);
+        }
+    }
+
+    fn fill_brk(&mut self, va: u64, len: usize) {
+        // The allocator passes whole chunks of a slot it owns, inside a mapped pack.
+        let _ = poke::text_set(va, insn::brk(0), len / insn::INSN_BYTES);
+    }
+}
+
+static ALLOCATOR: Once<Mutex<PackAllocator<PoolBackend>>> = Once::new();
+
+fn allocator() -> &'static Mutex<PackAllocator<PoolBackend>> {
+    ALLOCATOR.call_once(|| {
+        let pool = board::EXEC_POOL_VA;
+        let packs = (pool.size / PACK_SIZE as u64) as usize;
+        Mutex::new(
+            PackAllocator::new(PoolBackend, pool.start, packs)
+                .unwrap_or_else(|e| panic!("exec pool window {pool}: {e}")),
+        )
+    })
+}
+
+/// An executable slot: owns `size` bytes of exec memory at `addr` until it is given to [`free`].
+/// Dropping it without `free` leaks the slot (like a raw pointer); [`ExecSlot::into_raw`] and
+/// [`ExecSlot::from_raw`] convert for C-style callers.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "an exec slot is freed with slot::free"]
+pub struct ExecSlot {
+    slot: Slot,
+}
+
+impl ExecSlot {
+    /// First byte (64-byte aligned, or as requested).
+    pub fn addr(&self) -> u64 {
+        self.slot.addr()
+    }
+
+    /// The size asked for.
+    pub fn size(&self) -> usize {
+        self.slot.size()
+    }
+
+    /// The slot as a code pointer (cast it to a function pointer to call the code).
+    pub fn as_ptr(&self) -> *const u8 {
+        self.slot.addr() as *const u8
+    }
+
+    /// The slot as a poke region: writes through it may not leave the slot.
+    pub fn region(&self) -> ExecRegion {
+        ExecRegion::slot(self.slot.addr(), self.slot.end())
+    }
+
+    /// Writes `code` at `offset` into the slot through the text poke; refuses anything that would
+    /// run past the slot.
+    pub fn write(&self, offset: usize, code: &[u8]) -> Result<(), PokeError> {
+        poke::text_copy_within(self.region(), self.addr() + offset as u64, code)
+    }
+
+    /// Gives up the handle: pointer and size for [`free_raw`] or [`ExecSlot::from_raw`].
+    pub fn into_raw(self) -> (*const u8, usize) {
+        (self.as_ptr(), self.size())
+    }
+
+    /// Rebuilds a handle from [`ExecSlot::into_raw`]. Nothing is checked here; [`free`] checks the
+    /// pointer and size against the allocator's record, so a wrong pair is refused there.
+    pub fn from_raw(ptr: *const u8, size: usize) -> Self {
+        Self {
+            slot: Slot::from_raw(ptr as u64, size),
+        }
+    }
+}
+
+impl fmt::Display for ExecSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "exec slot {:#x}+{}", self.addr(), self.size())
+    }
+}
+
+/// Allocates `size` bytes of exec memory, 64-byte aligned, filled with BRK.
+pub fn alloc(size: usize) -> Result<ExecSlot, AllocError> {
+    allocator().lock().alloc(size).map(|slot| ExecSlot { slot })
+}
+
+/// Allocates with a power-of-two alignment up to 4 KiB (e.g. page-aligned module text).
+pub fn alloc_aligned(size: usize, align: usize) -> Result<ExecSlot, AllocError> {
+    allocator()
+        .lock()
+        .alloc_aligned(size, align)
+        .map(|slot| ExecSlot { slot })
+}
+
+/// Frees a slot: refilled with BRK (a stale call traps), chunks released, an empty pack unmapped
+/// (one is kept cached). On error the slot is unchanged and still allocated.
+pub fn free(slot: ExecSlot) -> Result<(), AllocError> {
+    allocator().lock().free(slot.slot)
+}
+
+/// C-style allocation: the address, or an error.
+pub fn alloc_raw(size: usize) -> Result<*const u8, AllocError> {
+    allocator()
+        .lock()
+        .alloc_raw(size)
+        .map(|addr| addr as *const u8)
+}
+
+/// C-style free; `size` must be the size the slot was allocated with.
+pub fn free_raw(ptr: *const u8, size: usize) -> Result<(), AllocError> {
+    allocator().lock().free_raw(ptr as u64, size)
+}
+
+/// Allocator statistics.
+pub fn stats() -> Stats {
+    allocator().lock().stats()
+}
+
+/// Writes the pack map (one line per mapped pack, one character per 32 KiB).
+pub fn render_pack_map(out: &mut dyn fmt::Write) -> fmt::Result {
+    allocator().lock().render_pack_map(out)
+}

@@ -1,0 +1,273 @@
+//! The slot allocator on the hardware backend, in every boot mode: 1,000 slots with the size mix of
+//! real BPF programs, each with its own JIT'd function, all called and checked; half freed at random
+//! and reallocated; freed slots trap; a large (> 2 MiB) slot; exhaustion; every bad input refused;
+//! and the audit clean throughout.
+
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::vec::Vec;
+
+use execmem::board;
+use execmem::fault::ExceptionClass;
+use execmem::kernel::fault::{Resume, catch};
+use execmem::kernel::slot::{self, ExecSlot};
+use execmem::kernel::{self, exec_pool};
+use execmem::pack::AllocError;
+use execmem::poke::insn::{self, CodeBuf, W0};
+use execmem::{println, tests};
+
+execmem::entry!(main);
+
+fn main() {
+    kernel::testing::run(
+        "slot",
+        tests![
+            bad_requests_are_refused,
+            thousand_bpf_sized_programs,
+            freed_slot_traps_on_brk,
+            large_slot_spans_packs,
+            bad_frees_are_refused_with_nothing_changed,
+            exhaustion_is_an_error_and_the_kernel_continues,
+            audit_is_clean_at_the_end,
+        ],
+    );
+}
+
+/// xorshift64: a fixed, repeatable sequence.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The BPF size mix (Song Liu: half the programs under 500 B, three quarters under 2 KiB), with a
+/// log-uniform tail up to 64 KiB.
+fn bpf_size(rng: &mut Rng) -> usize {
+    match rng.below(4) {
+        0 | 1 => 16 + rng.below(484) as usize,
+        2 => 500 + rng.below(1548) as usize,
+        _ => {
+            let log = 11 + rng.below(6); // 2 KiB .. 64 KiB
+            let base = 1u64 << log;
+            (base + rng.below(base)).min(64 * 1024) as usize
+        }
+    }
+}
+
+/// `movz w0, #value; ret` at the start of the slot.
+fn install(slot: &ExecSlot, value: u16) {
+    let mut code = CodeBuf::new(slot.addr());
+    code.push(insn::movz(W0, value, 0).expect("movz"));
+    code.push(insn::ret());
+    slot.write(0, &code.as_bytes()).expect("write the program");
+}
+
+fn call(addr: u64) -> u32 {
+    // SAFETY: called only on slots where `install` wrote a complete function.
+    let f: extern "C" fn() -> u32 = unsafe { core::mem::transmute(addr as usize) };
+    f()
+}
+
+fn assert_audit_clean() {
+    let violations = exec_pool::audit();
+    for v in &violations {
+        println!("  violation: {v}");
+    }
+    assert!(
+        violations.is_empty(),
+        "{} audit violations",
+        violations.len()
+    );
+}
+
+fn bad_requests_are_refused() {
+    assert_eq!(slot::alloc(0), Err(AllocError::ZeroSize));
+    assert!(matches!(
+        slot::alloc(usize::MAX),
+        Err(AllocError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        slot::alloc(board::EXEC_POOL_VA.size as usize + 1),
+        Err(AllocError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        slot::alloc_aligned(64, 3),
+        Err(AllocError::BadAlignment { .. })
+    ));
+    assert!(matches!(
+        slot::alloc_aligned(64, 8192),
+        Err(AllocError::BadAlignment { .. })
+    ));
+    assert_eq!(
+        slot::stats().allocations,
+        0,
+        "refused requests change nothing"
+    );
+}
+
+fn thousand_bpf_sized_programs() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut live: Vec<(ExecSlot, u16)> = Vec::new();
+    for i in 0..1000u16 {
+        let size = bpf_size(&mut rng);
+        let slot = slot::alloc(size).unwrap_or_else(|e| panic!("alloc #{i} of {size} B: {e}"));
+        assert_eq!(slot.addr() % 64, 0);
+        install(&slot, i);
+        live.push((slot, i));
+    }
+    for (slot, value) in &live {
+        assert_eq!(call(slot.addr()), u32::from(*value), "{slot}");
+    }
+    let stats = slot::stats();
+    println!("  1000 programs: {stats:?}");
+    assert_audit_clean();
+
+    // Free half at random, then allocate 500 new ones, and check every live program again.
+    for _ in 0..500 {
+        let victim = rng.below(live.len() as u64) as usize;
+        let (slot, _) = live.swap_remove(victim);
+        slot::free(slot).expect("free");
+    }
+    for i in 1000..1500u16 {
+        let slot = slot::alloc(bpf_size(&mut rng)).expect("realloc");
+        install(&slot, i);
+        live.push((slot, i));
+    }
+    for (slot, value) in &live {
+        assert_eq!(call(slot.addr()), u32::from(*value), "{slot}");
+    }
+    let mut map = alloc::string::String::new();
+    slot::render_pack_map(&mut map).expect("render");
+    println!("  pack map after churn:\n{map}");
+    assert_audit_clean();
+    for (slot, _) in live {
+        slot::free(slot).expect("free");
+    }
+    assert_eq!(slot::stats().bytes_live, 0);
+    assert_audit_clean();
+}
+
+fn freed_slot_traps_on_brk() {
+    let slot = slot::alloc(128).expect("alloc");
+    install(&slot, 77);
+    let addr = slot.addr();
+    assert_eq!(call(addr), 77);
+    slot::free(slot).expect("free");
+    let report = catch(Resume::ReturnToCaller, || {
+        call(addr);
+    })
+    .expect("a stale call into a freed slot traps");
+    println!("  caught: {report}");
+    assert_eq!(report.class(), ExceptionClass::Brk);
+    assert_eq!(report.elr, addr);
+}
+
+fn large_slot_spans_packs() {
+    let size = 5 * 1024 * 1024 + 123;
+    let slot = slot::alloc(size).expect("large alloc");
+    install(&slot, 500);
+    let mut tail = CodeBuf::new(slot.addr() + size as u64 - 8 - (size as u64 % 4));
+    tail.push(insn::movz(W0, 501, 0).expect("movz"));
+    tail.push(insn::ret());
+    slot.write((tail.base() - slot.addr()) as usize, &tail.as_bytes())
+        .expect("write at the end");
+    assert_eq!(call(slot.addr()), 500);
+    assert_eq!(call(tail.base()), 501);
+    assert!(
+        slot.write(size - 4, &[0; 8]).is_err(),
+        "writes may not leave the slot"
+    );
+    let packs = exec_pool::live_packs();
+    assert!(
+        packs.len() >= 3,
+        "a 5 MiB slot maps at least three packs: {packs:x?}"
+    );
+    assert_audit_clean();
+    slot::free(slot).expect("free large");
+    assert_audit_clean();
+}
+
+fn bad_frees_are_refused_with_nothing_changed() {
+    let slot = slot::alloc(1000).expect("alloc");
+    install(&slot, 9);
+    let (ptr, size) = slot.into_raw();
+    let addr = ptr as u64;
+    let before = slot::stats();
+    let outside = (board::EXEC_POOL_VA.start - 64) as *const u8;
+    assert!(matches!(
+        slot::free_raw(outside, 64),
+        Err(AllocError::OutsidePool { .. })
+    ));
+    assert!(matches!(
+        slot::free_raw((addr + 64) as *const u8, size),
+        Err(AllocError::InteriorPointer { .. })
+    ));
+    assert!(matches!(
+        slot::free_raw((addr + 4) as *const u8, size),
+        Err(AllocError::Misaligned { .. })
+    ));
+    assert!(matches!(
+        slot::free_raw(ptr, size + 1),
+        Err(AllocError::WrongSize {
+            recorded: 1000,
+            given: 1001,
+            ..
+        })
+    ));
+    assert_eq!(slot::stats(), before, "refused frees change nothing");
+    assert_eq!(call(addr), 9, "the slot still holds its program");
+    slot::free(ExecSlot::from_raw(ptr, size)).expect("the right pair frees");
+    assert!(matches!(
+        slot::free_raw(ptr, size),
+        Err(AllocError::DoubleFree { .. })
+    ));
+    let raw = slot::alloc_raw(200).expect("alloc_raw");
+    slot::free_raw(raw, 200).expect("free_raw");
+}
+
+fn exhaustion_is_an_error_and_the_kernel_continues() {
+    let mut held = Vec::new();
+    let error = loop {
+        match slot::alloc(2 * 1024 * 1024) {
+            Ok(slot) => held.push(slot),
+            Err(e) => break e,
+        }
+        assert!(held.len() <= 64, "the pool has at most 64 packs");
+    };
+    println!("  after {} whole-pack slots: {error}", held.len());
+    assert!(
+        matches!(
+            error,
+            AllocError::PoolExhausted { .. } | AllocError::MapFailed(_)
+        ),
+        "{error:?}"
+    );
+    assert!(!held.is_empty());
+    assert_audit_clean();
+    for slot in held {
+        slot::free(slot).expect("free");
+    }
+    let slot = slot::alloc(64).expect("allocation works again");
+    slot::free(slot).expect("free");
+}
+
+fn audit_is_clean_at_the_end() {
+    assert_eq!(slot::stats().bytes_live, 0);
+    assert!(
+        exec_pool::live_packs().len() <= 1,
+        "only the cached empty pack stays mapped"
+    );
+    assert_audit_clean();
+}
