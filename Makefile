@@ -14,7 +14,9 @@ IMAGE_ELF := target/image/$(TARGET)/release/execmem
 LLVM_OBJCOPY = $(shell rustc --print sysroot)/lib/rustlib/$(shell rustc -vV | sed -n 's/^host: //p')/bin/llvm-objcopy
 QEMU_ARGS = $(shell awk '!/^\#/ && NF {$$1 = $$2 = ""; print; exit}' board/$(BOARD)/qemu.modes)
 
-.PHONY: run test image gdb setup clean
+BENCH_DIR := out/bench
+
+.PHONY: run test bench image gdb setup clean
 
 ## run: boot the demo kernel on BOARD in QEMU (the board's first boot mode)
 run: setup
@@ -24,6 +26,16 @@ run: setup
 ## test: host unit tests, clippy, rustfmt, QEMU integration tests on every board and boot mode
 test: setup
 	tests/runner/suite
+
+## bench: the benchmark kernel on virt under -icount shift=0 (exact instruction counts); the table
+## is printed and kept in out/bench/results.txt, the figures in out/bench/results.json
+bench: setup
+	mkdir -p $(BENCH_DIR)
+	EXECMEM_BOARD=virt EXECMEM_MODES=virt-el1 EXECMEM_QEMU_EXTRA="-icount shift=0" EXECMEM_QEMU_TIMEOUT=3000 \
+	    cargo run --release --target $(TARGET) --features board-virt,qemu --bin bench | tee $(BENCH_DIR)/bench.log
+	sed -n '/^BEGIN results.json/,/^END results.json/p' $(BENCH_DIR)/bench.log | sed '1d;$$d' > $(BENCH_DIR)/results.json
+	sed '/^BEGIN results.json/,$$d' $(BENCH_DIR)/bench.log > $(BENCH_DIR)/results.txt
+	@echo "figures: $(BENCH_DIR)/results.txt and $(BENCH_DIR)/results.json"
 
 ## image: kernel8.img (+ config.txt) for an SD card, without any QEMU-only code
 image: setup

@@ -7,6 +7,7 @@
 
 #[cfg(target_os = "none")]
 mod demo {
+    use execmem::bench::workload::{Rng, bpf_size};
     use execmem::board;
     use execmem::kernel::slot::{self, ExecSlot};
     use execmem::kernel::{exec_pool, mmu, poke, report};
@@ -125,34 +126,10 @@ mod demo {
         }
     }
 
-    /// xorshift64, so the workload is the same on every run.
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n
-        }
-    }
-
-    /// Sizes like real BPF programs: half under 500 B, three quarters under 2 KiB, a tail to 64 KiB.
-    fn bpf_size(rng: &mut Rng) -> usize {
-        match rng.below(4) {
-            0 | 1 => 16 + rng.below(484) as usize,
-            2 => 500 + rng.below(1548) as usize,
-            _ => {
-                let base = 1u64 << (11 + rng.below(6));
-                (base + rng.below(base)).min(64 * 1024) as usize
-            }
-        }
-    }
-
     /// 600 programs of BPF sizes, each JIT'd and called, then a third freed and 200 more added:
     /// the allocator's pack map and statistics afterwards.
     fn slot_workload() {
-        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut rng = Rng::new(2026);
         let mut live: alloc::vec::Vec<(ExecSlot, u16)> = alloc::vec::Vec::new();
         let add = |live: &mut alloc::vec::Vec<(ExecSlot, u16)>, rng: &mut Rng, id: u16| -> bool {
             let slot = match slot::alloc(bpf_size(rng)) {

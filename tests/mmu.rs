@@ -254,86 +254,63 @@ fn audit_finds_planted_violations() {
     let pool = board::EXEC_POOL_VA;
     let frames = board::EXEC_FRAMES;
     let mut tables = AddressSpace::<El1And0>::new().expect("tables");
-    let m = &mut NoMaintenance;
+    let mut map = |va: u64, pa: u64, size: u64, role: Role, granularity: Granularity| {
+        tables
+            .map(va, pa, size, role, granularity, &mut NoMaintenance)
+            .expect("map");
+    };
     let scratch = 0x10_0000_0000u64; // far from anything the pool uses
-    // Role::Code is RO+X; make a W+X leaf by mapping DATA and clearing its PXN bit by hand.
-    tables
-        .map(
-            scratch,
-            0x4000_0000,
-            0x1000,
-            Role::Data,
-            Granularity::Pages,
-            m,
-        )
-        .expect("map");
-    // Writable alias of an exec frame.
-    tables
-        .map(
-            scratch + 0x20_0000,
-            frames.start,
-            0x1000,
-            Role::Data,
-            Granularity::Pages,
-            m,
-        )
-        .expect("map");
-    // A pack split into pages.
-    tables
-        .map(
-            pool.start,
-            frames.start,
-            0x1000,
-            Role::ExecPool,
-            Granularity::Pages,
-            m,
-        )
-        .expect("map");
-    // A pack mapped writable.
-    tables
-        .map(
-            pool.start + BLOCK_SIZE_2M,
-            frames.start + BLOCK_SIZE_2M,
-            BLOCK_SIZE_2M,
-            Role::Data,
-            Granularity::Block2M,
-            m,
-        )
-        .expect("map");
-    // Kernel text, executable, and a writable alias of it.
     let text = KernelImage::current().text;
-    tables
-        .map(
-            text.start,
-            text.start,
-            0x1000,
-            Role::Code,
-            Granularity::Pages,
-            m,
-        )
-        .expect("map");
-    tables
-        .map(
-            scratch + 0x40_0000,
-            text.start,
-            0x1000,
-            Role::Data,
-            Granularity::Pages,
-            m,
-        )
-        .expect("map");
-    // A pack block backed by memory outside the exec frames.
     let stray = pool.start + 2 * BLOCK_SIZE_2M;
-    tables
-        .map(
-            stray,
-            0x40_0000_0000 - BLOCK_SIZE_2M,
-            BLOCK_SIZE_2M,
-            Role::ExecPool,
-            Granularity::Block2M,
-            m,
-        )
-        .expect("map");
+    // A writable page that will be made executable by hand below (the API cannot build one).
+    map(scratch, 0x4000_0000, 0x1000, Role::Data, Granularity::Pages);
+    // A writable alias of an exec frame.
+    map(
+        scratch + 0x20_0000,
+        frames.start,
+        0x1000,
+        Role::Data,
+        Granularity::Pages,
+    );
+    // A pack split into pages.
+    map(
+        pool.start,
+        frames.start,
+        0x1000,
+        Role::ExecPool,
+        Granularity::Pages,
+    );
+    // A pack mapped writable.
+    map(
+        pool.start + BLOCK_SIZE_2M,
+        frames.start + BLOCK_SIZE_2M,
+        BLOCK_SIZE_2M,
+        Role::Data,
+        Granularity::Block2M,
+    );
+    // Kernel text, executable, and a writable alias of it.
+    map(
+        text.start,
+        text.start,
+        0x1000,
+        Role::Code,
+        Granularity::Pages,
+    );
+    map(
+        scratch + 0x40_0000,
+        text.start,
+        0x1000,
+        Role::Data,
+        Granularity::Pages,
+    );
+    // A pack block backed by memory outside the exec frames.
+    map(
+        stray,
+        0x40_0000_0000 - BLOCK_SIZE_2M,
+        BLOCK_SIZE_2M,
+        Role::ExecPool,
+        Granularity::Block2M,
+    );
     let entry = tables.leaf_entry_ptr(scratch).expect("L3 entry");
     // SAFETY: the entry of a table we own and that no CPU walks; clear PXN (bit 53).
     unsafe {

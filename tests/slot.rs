@@ -10,6 +10,7 @@ extern crate alloc;
 
 use alloc::vec::Vec;
 
+use execmem::bench::workload::{Rng, bpf_size};
 use execmem::board;
 use execmem::fault::ExceptionClass;
 use execmem::kernel::fault::{Resume, catch};
@@ -34,36 +35,6 @@ fn main() {
             audit_is_clean_at_the_end,
         ],
     );
-}
-
-/// xorshift64: a fixed, repeatable sequence.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// The BPF size mix (Song Liu: half the programs under 500 B, three quarters under 2 KiB), with a
-/// log-uniform tail up to 64 KiB.
-fn bpf_size(rng: &mut Rng) -> usize {
-    match rng.below(4) {
-        0 | 1 => 16 + rng.below(484) as usize,
-        2 => 500 + rng.below(1548) as usize,
-        _ => {
-            let log = 11 + rng.below(6); // 2 KiB .. 64 KiB
-            let base = 1u64 << log;
-            (base + rng.below(base)).min(64 * 1024) as usize
-        }
-    }
 }
 
 /// `movz w0, #value; ret` at the start of the slot.
@@ -118,7 +89,7 @@ fn bad_requests_are_refused() {
 }
 
 fn thousand_bpf_sized_programs() {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(1000);
     let mut live: Vec<(ExecSlot, u16)> = Vec::new();
     for i in 0..1000u16 {
         let size = bpf_size(&mut rng);

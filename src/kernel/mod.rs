@@ -5,6 +5,7 @@
 //! function with [`entry!`](crate::entry); `_start` (arch/aarch64/boot.s) reaches [`start`], which
 //! brings the machine up and calls it.
 
+pub mod bench;
 pub mod console;
 pub mod exec_pool;
 pub mod fault;

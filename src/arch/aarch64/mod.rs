@@ -5,3 +5,4 @@ pub mod cache;
 pub mod cpu;
 pub mod exception;
 pub mod mmu;
+pub mod pmu;

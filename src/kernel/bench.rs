@@ -1,0 +1,413 @@
+//! The benchmark (`make bench`): guest instructions per operation, counted by the PMU
+//! (INST_RETIRED) under QEMU `-icount shift=0`, where the count is exact, so every figure is the
+//! same on every run. Each figure is the median over several rounds.
+//!
+//! Workloads (issue #6), all three allocators over the same requests and the same backend:
+//! - (a) alloc+free pairs of 64 B, 512 B and 4 KiB, with 1, 8 and 64 packs filled with BPF-sized
+//!   programs to 10, 50 and 90% occupancy; each pair allocates one slot and frees a random live one,
+//!   so frees land all over the pool as in steady state;
+//! - (b) churn: 100,000 frees, each followed by BPF-sized allocations back to a fixed live size;
+//!   live/reserved density and packs used against the ideal ceil(live / 2 MiB);
+//! - (c) `text_copy` of 4 B, 256 B, 4 KiB and 64 KiB on the real backend, against the floor: a plain
+//!   copy into RW memory plus the cache maintenance that range needs;
+//! - (d) `patch_insn` (NOP <-> B), against one store plus the maintenance of one instruction.
+//!
+//! The allocator workloads run over [`NullBackend`] (mapping and BRK fill cost nothing), so they
+//! measure the allocators alone; the loop's own cost, measured with [`NullSlots`], is subtracted.
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt::Write;
+
+use crate::arch::aarch64::{cache, pmu};
+use crate::bench::bpf_prog_pack::BpfProgPack;
+use crate::bench::buddy::BuddySlots;
+use crate::bench::workload::{self, LiveSet, Pairs, Rng};
+use crate::bench::{NullBackend, NullSlots, SlotAllocator};
+use crate::kernel::{exec_pool, poke, slot};
+use crate::pack::{PACK_SIZE, PackAllocator};
+use crate::poke::insn;
+use crate::println;
+
+/// How much work: the full benchmark, or a smoke run that only proves it still works.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scale {
+    /// `make bench`.
+    Full,
+    /// `make test`: tiny sizes, same code paths.
+    Smoke,
+}
+
+struct Config {
+    rounds: usize,
+    pairs: usize,
+    pack_counts: &'static [usize],
+    occupancies: &'static [u64],
+    sizes: &'static [usize],
+    churn_ops: usize,
+    churn_live: &'static [u64],
+    copy_sizes: &'static [usize],
+    copy_reps: usize,
+}
+
+impl Config {
+    fn of(scale: Scale) -> Self {
+        match scale {
+            Scale::Full => Self {
+                rounds: 5,
+                pairs: 200,
+                pack_counts: &[1, 8, 64],
+                occupancies: &[10, 50, 90],
+                sizes: &[64, 512, 4096],
+                churn_ops: 100_000,
+                churn_live: &[32 << 20, 100 << 20],
+                copy_sizes: &[4, 256, 4096, 65536],
+                copy_reps: 20,
+            },
+            Scale::Smoke => Self {
+                rounds: 3,
+                pairs: 10,
+                pack_counts: &[1, 2],
+                occupancies: &[50],
+                sizes: &[64, 4096],
+                churn_ops: 200,
+                churn_live: &[2 << 20],
+                copy_sizes: &[4, 4096],
+                copy_reps: 2,
+            },
+        }
+    }
+}
+
+/// The pool the allocator workloads run in: 64 packs (the most a pool can have), never mapped.
+const SIM_BASE: u64 = 0x40_0000_0000;
+const SIM_PACKS: usize = 64;
+
+/// One measured figure.
+struct Figure {
+    workload: &'static str,
+    allocator: &'static str,
+    params: String,
+    value: u64,
+    unit: &'static str,
+}
+
+/// Median instructions per operation of `rounds` runs of `run`, each doing `ops` operations.
+fn median_per_op(rounds: usize, ops: usize, mut run: impl FnMut()) -> u64 {
+    let mut samples: Vec<u64> = (0..rounds)
+        .map(|_| {
+            let start = pmu::instructions();
+            run();
+            u64::from(pmu::instructions().wrapping_sub(start)) / ops.max(1) as u64
+        })
+        .collect();
+    samples.sort_unstable();
+    samples[samples.len() / 2]
+}
+
+fn execmem_allocator() -> PackAllocator<NullBackend> {
+    PackAllocator::new(NullBackend, SIM_BASE, SIM_PACKS).expect("a 64-pack pool is valid")
+}
+
+fn linux_allocator() -> BpfProgPack<NullBackend> {
+    BpfProgPack::new(NullBackend, SIM_BASE, SIM_PACKS)
+}
+
+fn buddy_allocator() -> BuddySlots<NullBackend> {
+    BuddySlots::new(NullBackend, SIM_BASE, SIM_PACKS)
+}
+
+/// Runs `$body` with `$a` bound to a fresh instance of each allocator in turn (statically
+/// dispatched, so no allocator pays for a virtual call), `$which` its column.
+macro_rules! for_each_allocator {
+    (|$which:ident, $a:ident| $body:block) => {{
+        {
+            let $which = 0usize;
+            let mut $a = execmem_allocator();
+            $body
+        }
+        {
+            let $which = 1usize;
+            let mut $a = linux_allocator();
+            $body
+        }
+        {
+            let $which = 2usize;
+            let mut $a = buddy_allocator();
+            $body
+        }
+    }};
+}
+
+/// Pairs of fixed `size` requests over a live set of `live` slots.
+fn fixed_pairs(rng: &mut Rng, count: usize, size: usize, live: usize) -> Pairs {
+    Pairs {
+        sizes: vec![size; count],
+        victims: (0..count)
+            .map(|_| rng.below(live as u64) as usize)
+            .collect(),
+    }
+}
+
+/// Loop overhead of `Pairs::run` per pair, from the allocator that does nothing.
+fn pairs_overhead(config: &Config) -> u64 {
+    let mut null = NullSlots::default();
+    let mut rng = Rng::new(1);
+    let mut live = LiveSet {
+        slots: (0..64).map(|i| (i * 64, 64)).collect(),
+    };
+    let pairs = fixed_pairs(&mut rng, config.pairs, 64, live.slots.len());
+    median_per_op(config.rounds, config.pairs, || {
+        let _ = pairs.run(&mut null, &mut live);
+    })
+}
+
+fn workload_pairs(config: &Config, out: &mut Vec<Figure>) {
+    let overhead = pairs_overhead(config);
+    println!(
+        "(a) alloc+free pairs: instructions per pair, median of {} rounds of {} pairs (loop overhead {overhead} subtracted)",
+        config.rounds, config.pairs
+    );
+    println!(
+        "    {:>6} {:>5} {:>4} | {:>9} | {:>14} {:>7} | {:>9} {:>7}",
+        "size", "packs", "occ", "execmem", "bpf_prog_pack", "ratio", "buddy", "ratio"
+    );
+    for &packs in config.pack_counts {
+        for &occupancy in config.occupancies {
+            let mut row: Vec<(usize, [u64; 3])> =
+                config.sizes.iter().map(|&s| (s, [0; 3])).collect();
+            for_each_allocator!(|which, a| {
+                let mut rng = Rng::new(packs as u64 * 1000 + occupancy);
+                if let Ok(mut live) = workload::fill(&mut a, &mut rng, packs, occupancy)
+                    && !live.slots.is_empty()
+                {
+                    for (size, values) in row.iter_mut() {
+                        let pairs = fixed_pairs(&mut rng, config.pairs, *size, live.slots.len());
+                        let per_pair = median_per_op(config.rounds, config.pairs, || {
+                            let _ = pairs.run(&mut a, &mut live);
+                        });
+                        values[which] = per_pair.saturating_sub(overhead);
+                        out.push(Figure {
+                            workload: "alloc_free_pair",
+                            allocator: a.name(),
+                            params: alloc::format!(
+                                "\"size\": {size}, \"packs\": {packs}, \"occupancy\": {occupancy}"
+                            ),
+                            value: values[which],
+                            unit: "instructions",
+                        });
+                    }
+                    let _ = live.free_all(&mut a);
+                }
+            });
+            for (size, [ours, linux, buddy]) in row {
+                println!(
+                    "    {:>6} {:>5} {:>3}% | {:>9} | {:>14} {:>6.1}x | {:>9} {:>6.1}x",
+                    size,
+                    packs,
+                    occupancy,
+                    ours,
+                    linux,
+                    ratio(linux, ours),
+                    buddy,
+                    ratio(buddy, ours)
+                );
+            }
+        }
+    }
+}
+
+fn ratio(theirs: u64, ours: u64) -> f64 {
+    theirs as f64 / ours.max(1) as f64
+}
+
+fn workload_churn(config: &Config, out: &mut Vec<Figure>) {
+    println!(
+        "(b) churn: {} frees, each refilled with BPF-sized programs to a fixed live size",
+        config.churn_ops
+    );
+    println!(
+        "    {:>8} | {:>22} | {:>9} {:>8} {:>6} {:>6} | {:>10}",
+        "live", "allocator", "density", "reserved", "packs", "ideal", "insns/op"
+    );
+    for &live_bytes in config.churn_live {
+        for_each_allocator!(|_which, a| {
+            let mut rng = Rng::new(live_bytes);
+            let result = workload::fill_bytes(&mut a, &mut rng, live_bytes).and_then(|mut live| {
+                let start = pmu::instructions();
+                workload::churn(&mut a, &mut rng, &mut live, live_bytes, config.churn_ops)?;
+                let insns =
+                    u64::from(pmu::instructions().wrapping_sub(start)) / config.churn_ops as u64;
+                let stats = SlotAllocator::stats(&a);
+                live.free_all(&mut a)?;
+                Ok((stats, insns))
+            });
+            let name = a.name();
+            match result {
+                Ok((stats, insns)) => {
+                    let ideal = stats.bytes_live.div_ceil(PACK_SIZE as u64);
+                    let density = stats.density_permille();
+                    println!(
+                        "    {:>6} M | {:>22} | {:>7}.{}% {:>6} M {:>6} {:>6} | {:>10}",
+                        live_bytes >> 20,
+                        name,
+                        density / 10,
+                        density % 10,
+                        stats.bytes_reserved >> 20,
+                        stats.packs_mapped,
+                        ideal,
+                        insns
+                    );
+                    let params = alloc::format!(
+                        "\"live_bytes\": {live_bytes}, \"ops\": {}",
+                        config.churn_ops
+                    );
+                    for (workload, value, unit) in [
+                        ("churn_density", density, "permille"),
+                        ("churn_packs", stats.packs_mapped as u64, "packs"),
+                        ("churn_ideal_packs", ideal, "packs"),
+                        ("churn_op", insns, "instructions"),
+                    ] {
+                        out.push(Figure {
+                            workload,
+                            allocator: name,
+                            params: params.clone(),
+                            value,
+                            unit,
+                        });
+                    }
+                }
+                Err(e) => println!("    {:>6} M | {:>22} | failed: {e}", live_bytes >> 20, name),
+            }
+        });
+    }
+}
+
+/// A 64 KiB RW buffer, line aligned, for the floors.
+#[repr(C, align(4096))]
+struct Scratch([u8; 65536]);
+
+fn workload_text(config: &Config, out: &mut Vec<Figure>) {
+    let plan = exec_pool::maintenance_plan();
+    let Ok(target) = slot::alloc(65536) else {
+        println!("(c) text_copy: no exec slot");
+        return;
+    };
+    let source: Vec<u8> = (0..65536u32).map(|i| (i * 7) as u8).collect();
+    let mut scratch = Box::new(Scratch([0; 65536]));
+    println!(
+        "(c) text_copy on the real backend ({plan}), instructions per call, median of {} rounds of {}",
+        config.rounds, config.copy_reps
+    );
+    println!(
+        "    {:>6} | {:>10} | {:>10} | {:>6}",
+        "bytes", "text_copy", "floor", "ratio"
+    );
+    for &size in config.copy_sizes {
+        let copy = median_per_op(config.rounds, config.copy_reps, || {
+            for _ in 0..config.copy_reps {
+                let _ = target.write(0, &source[..size]);
+            }
+        });
+        let buf = scratch.0.as_mut_ptr();
+        let floor = median_per_op(config.rounds, config.copy_reps, || {
+            for _ in 0..config.copy_reps {
+                // SAFETY: `size` <= 64 KiB fits the scratch buffer; source and buffer do not overlap.
+                unsafe { core::ptr::copy_nonoverlapping(source.as_ptr(), buf, size) };
+                cache::sync_code_range(plan, buf as u64, buf as u64 + size as u64);
+            }
+        });
+        println!(
+            "    {:>6} | {:>10} | {:>10} | {:>5.2}x",
+            size,
+            copy,
+            floor,
+            ratio(copy, floor)
+        );
+        for (allocator, value) in [("execmem", copy), ("floor", floor)] {
+            out.push(Figure {
+                workload: "text_copy",
+                allocator,
+                params: alloc::format!("\"bytes\": {size}"),
+                value,
+                unit: "instructions",
+            });
+        }
+    }
+
+    let at = target.addr();
+    let _ = poke::text_set(at, insn::nop(), 1);
+    let branch = insn::b(at, at + 4).expect("branch to the next instruction");
+    let patches = median_per_op(config.rounds, 2 * config.copy_reps, || {
+        for _ in 0..config.copy_reps {
+            let _ = poke::patch_insn(at, insn::nop(), branch);
+            let _ = poke::patch_insn(at, branch, insn::nop());
+        }
+    });
+    let word = scratch.0.as_mut_ptr().cast::<u32>();
+    let floor = median_per_op(config.rounds, config.copy_reps, || {
+        for _ in 0..config.copy_reps {
+            // SAFETY: an aligned word of the scratch buffer.
+            unsafe { word.write_volatile(branch) };
+            cache::sync_code_range(plan, word as u64, word as u64 + 4);
+        }
+    });
+    println!(
+        "(d) patch_insn (NOP <-> B, checked, one aligned store): {patches} instructions; floor (store + maintenance) {floor}: {:.2}x",
+        ratio(patches, floor)
+    );
+    out.push(Figure {
+        workload: "patch_insn",
+        allocator: "execmem",
+        params: String::from("\"bytes\": 4"),
+        value: patches,
+        unit: "instructions",
+    });
+    out.push(Figure {
+        workload: "patch_insn",
+        allocator: "floor",
+        params: String::from("\"bytes\": 4"),
+        value: floor,
+        unit: "instructions",
+    });
+    let _ = slot::free(target);
+}
+
+/// Runs every workload and prints the table, then the figures as JSON between
+/// `BEGIN results.json` and `END results.json` lines (`make bench` writes them to a file).
+pub fn run(scale: Scale) {
+    pmu::init();
+    let config = Config::of(scale);
+    let probe = pmu::instructions();
+    let counting = pmu::instructions().wrapping_sub(probe) > 0;
+    println!(
+        "benchmark ({scale:?}): instructions retired (PMU event 0x08){}",
+        if counting {
+            ""
+        } else {
+            ": the counter reads 0 (run under -icount shift=0, as make bench does)"
+        }
+    );
+    let mut figures = Vec::new();
+    workload_pairs(&config, &mut figures);
+    workload_churn(&config, &mut figures);
+    workload_text(&config, &mut figures);
+
+    let mut json = String::from("[\n");
+    for (i, f) in figures.iter().enumerate() {
+        let _ = writeln!(
+            json,
+            "  {{\"workload\": \"{}\", \"allocator\": \"{}\", {}, \"value\": {}, \"unit\": \"{}\"}}{}",
+            f.workload,
+            f.allocator,
+            f.params,
+            f.value,
+            f.unit,
+            if i + 1 < figures.len() { "," } else { "" }
+        );
+    }
+    json.push(']');
+    println!("BEGIN results.json\n{json}\nEND results.json");
+}
