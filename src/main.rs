@@ -17,7 +17,6 @@ mod demo {
 
     fn main() {
         report::print_boot_report();
-        mmu::print_layout();
         jit_demo();
         slot_workload();
         let violations = exec_pool::audit();
@@ -193,6 +192,7 @@ mod demo {
         for line in map.lines() {
             println!("  {line}");
         }
+        mmu::print_layout();
         let violations = exec_pool::audit();
         println!(
             "slots: audit with {} packs live: {} violations",

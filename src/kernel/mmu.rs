@@ -249,71 +249,153 @@ pub fn boot_mappings() -> &'static [Mapping] {
     PLAN.get().map_or(&[], Vec::as_slice)
 }
 
-/// Prints the boot-time layout: VA ranges, sizes and roles, then the windows the manager owns.
+/// One run of the live tables: consecutive leaves with the same role and granule, contiguous in
+/// VA and PA.
+#[derive(Clone, Copy, Debug)]
+pub struct LiveRun {
+    /// First VA.
+    pub va: u64,
+    /// First PA.
+    pub pa: u64,
+    /// Bytes.
+    pub size: u64,
+    /// Leaf size (4 KiB page, 2 MiB block).
+    pub leaf_size: u64,
+    /// The role whose attributes the leaves have exactly, if any.
+    pub role: Option<Role>,
+    /// Effective permissions (table limits and WXN applied).
+    pub permissions: crate::mmu::Permissions,
+    /// The region it belongs to (boot plan or manager window).
+    pub name: &'static str,
+}
+
+/// The live kernel tables, read from TTBR0_EL1 and coalesced into runs.
+pub fn live_runs() -> Vec<LiveRun> {
+    let wxn = hw::wxn_enabled();
+    let mut runs: Vec<LiveRun> = Vec::new();
+    with_tables(|_| {
+        let visit = |leaf: &crate::mmu::Leaf<El1And0>| {
+            let name = name_of(leaf.va);
+            // Code and ExecPool have the same bits; the window tells them apart.
+            let role = if board::EXEC_POOL_VA.contains(leaf.va) {
+                Some(Role::ExecPool)
+            } else {
+                leaf.attrs.role()
+            };
+            let run = LiveRun {
+                va: leaf.va,
+                pa: leaf.pa,
+                size: leaf.size,
+                leaf_size: leaf.size,
+                role,
+                permissions: leaf.permissions(wxn),
+                name,
+            };
+            match runs.last_mut() {
+                Some(last)
+                    if last.va + last.size == run.va
+                        && last.pa + last.size == run.pa
+                        && last.leaf_size == run.leaf_size
+                        && last.role == run.role
+                        && last.permissions == run.permissions
+                        && core::ptr::eq(last.name, run.name) =>
+                {
+                    last.size += run.size;
+                }
+                _ => runs.push(run),
+            }
+        };
+        // SAFETY: TTBR0_EL1 holds the root of the kernel tables; they are identity-mapped, owned
+        // by TABLES (locked here) and never freed while live.
+        unsafe { crate::mmu::walk_root::<El1And0>(hw::ttbr0(), visit) };
+    });
+    runs
+}
+
+/// What the boot plan or the manager's windows call the region holding `va`.
+fn name_of(va: u64) -> &'static str {
+    if board::EXEC_POOL_VA.contains(va) {
+        return "exec pack";
+    }
+    if board::FIXMAP_VA.contains(va) {
+        return "fixmap";
+    }
+    boot_mappings()
+        .iter()
+        .find(|m| m.region.contains(va))
+        .map_or("?", |m| m.region.name)
+}
+
+/// Prints the address space as the hardware walks it (the live tables, coalesced), then the
+/// windows and holes that have no mapping.
 pub fn print_layout() {
     crate::println!(
-        "address space (VA = PA except the exec pool; SCTLR_EL1.WXN = {}):",
+        "address space, from the live tables (TTBR0_EL1 {:#x}, SCTLR_EL1.WXN = {}):",
+        hw::ttbr0(),
         u8::from(hw::wxn_enabled())
     );
-    let mut mappings: Vec<Mapping> = boot_mappings().to_vec();
-    mappings.sort_by_key(|m| m.region.start);
-    for m in &mappings {
+    for run in live_runs() {
+        let pa = if run.pa == run.va {
+            alloc::string::String::from("= VA")
+        } else {
+            alloc::format!("PA {:#x}", run.pa)
+        };
         crate::println!(
-            "  {:#012x}..{:#012x} {:>9}  {:<9} {}",
-            m.region.start,
-            m.region.end(),
-            Size(m.region.size),
-            role_name(m.role),
-            m.region.name
+            "  {:#012x}..{:#012x} {:>9}  {:<6} {:<9} {} x {:<6} {}",
+            run.va,
+            run.va + run.size,
+            Size(run.size),
+            alloc::format!("{}", run.permissions),
+            run.role.map_or("?", role_name),
+            run.size / run.leaf_size,
+            alloc::format!("{}", Size(run.leaf_size)),
+            alloc::format!("{} ({pa})", run.name),
         );
     }
+    crate::println!("unmapped on purpose:");
     let image = KernelImage::current();
     for cpu in 0..image.stack_count() {
         let guard = image.stack_guard(cpu);
         crate::println!(
-            "  {:#012x}..{:#012x} {:>9}  {:<9} stack guard, CPU {cpu}",
+            "  {:#012x}..{:#012x} {:>9}  stack guard, CPU {cpu}",
             guard.start,
             guard.end(),
-            Size(guard.size),
-            "unmapped"
+            Size(guard.size)
         );
     }
     let fixmap = board::FIXMAP_VA;
     crate::println!(
-        "  {:#012x}..{:#012x} {:>9}  {:<9} fixmap: {} poke slots + pack-fill block, invalid when idle",
+        "  {:#012x}..{:#012x} {:>9}  fixmap: {} poke slots + pack-fill block, valid only during a poke or fill",
         fixmap.start,
         fixmap.end(),
         Size(fixmap.size),
-        "RW XN",
         board::CPUS
     );
     let pool = board::EXEC_POOL_VA;
     crate::println!(
-        "  {:#012x}..{:#012x} {:>9}  {:<9} exec pool: {} packs of 2 MiB, one L2 block each",
+        "  {:#012x}..{:#012x} {:>9}  exec pool: {} packs of 2 MiB, each mapped RO + X by one L2 block while in use",
         pool.start,
         pool.end(),
         Size(pool.size),
-        "RO X",
         pool.size >> 21
     );
     let frames = board::EXEC_FRAMES;
     crate::println!(
-        "  {:#012x}..{:#012x} {:>9}  {:<9} exec frames (PA): mapped only through pool blocks",
+        "  {:#012x}..{:#012x} {:>9}  exec frames (PA): no identity mapping; reachable only through pack blocks",
         frames.start,
         frames.end(),
-        Size(frames.size),
-        "-"
+        Size(frames.size)
     );
 }
 
 /// Short attribute text for a role.
 pub fn role_name(role: Role) -> &'static str {
     match role {
-        Role::Code => "RO X",
-        Role::Rodata => "RO XN",
-        Role::Data => "RW XN",
+        Role::Code => "code",
+        Role::Rodata => "rodata",
+        Role::Data => "data",
         Role::Device => "device",
-        Role::ExecPool => "RO X",
-        Role::PokeAlias => "RW XN",
+        Role::ExecPool => "exec-pool",
+        Role::PokeAlias => "poke",
     }
 }
