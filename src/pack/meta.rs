@@ -56,13 +56,19 @@ const TINY: u32 = 0x80;
 const WIDE: u32 = 0x80;
 
 /// Byte offsets of the free-list links inside a listed run.
-const NEXT: u32 = 2;
-const PREV: u32 = 4;
+const NEXT: usize = 2;
+const PREV: usize = 4;
 
 #[inline]
 const fn at(chunk: u32) -> usize {
     chunk as usize & (CHUNKS_PER_PACK as usize - 1)
 }
+
+/// Bytes of `shadow`: one per chunk, plus padding so that the few bytes after a masked index
+/// (`at(chunk) + k`, `k < SHADOW_PAD`) need neither a second mask nor a bounds check. The padding
+/// is never read as a chunk's byte: every multi-byte field lies inside its run.
+const SHADOW_PAD: usize = 8;
+const SHADOW_LEN: usize = CHUNKS_PER_PACK as usize + SHADOW_PAD;
 
 /// A boxed array of `N` zeroes built on the heap, or `None` if the heap cannot hold it (never built
 /// on the stack: these arrays are larger than a small kernel stack).
@@ -99,12 +105,12 @@ impl TinyRuns {
         (len as usize).wrapping_sub(1) % TINY_LENGTHS
     }
 
-    #[inline]
+    #[inline(always)]
     fn is_empty(&self, len: u32) -> bool {
         self.groups[Self::bitmap(len)] == 0
     }
 
-    #[inline]
+    #[inline(always)]
     fn insert(&mut self, len: u32, start: u32) {
         let (k, chunk) = (Self::bitmap(len), at(start));
         let word = chunk / 64;
@@ -113,7 +119,7 @@ impl TinyRuns {
         self.groups[k] |= 1 << (word / 64);
     }
 
-    #[inline]
+    #[inline(always)]
     fn remove(&mut self, len: u32, start: u32) {
         let (k, chunk) = (Self::bitmap(len), at(start));
         let word = chunk / 64;
@@ -129,7 +135,7 @@ impl TinyRuns {
     }
 
     /// The lowest chunk where a tiny run of `len` chunks starts.
-    #[inline]
+    #[inline(always)]
     fn first(&self, len: u32) -> Option<u32> {
         let k = Self::bitmap(len);
         let groups = self.groups[k];
@@ -167,9 +173,8 @@ pub(crate) struct PackMeta {
     /// First run of each class's free list (classes of listed runs only).
     heads: [u16; CLASS_SLOTS],
     used_chunks: u32,
-    live_slots: u32,
     edges: Box<[u64; 2 * WORDS]>,
-    shadow: Box<[u8; CHUNKS_PER_PACK as usize]>,
+    shadow: Box<[u8; SHADOW_LEN]>,
     tiny: TinyRuns,
 }
 
@@ -180,7 +185,6 @@ impl PackMeta {
         Some(Self {
             heads: [NIL; CLASS_SLOTS],
             used_chunks: 0,
-            live_slots: 0,
             edges: zeroed()?,
             shadow: zeroed()?,
             tiny: TinyRuns::try_new()?,
@@ -189,10 +193,6 @@ impl PackMeta {
 
     pub(crate) fn used_chunks(&self) -> u32 {
         self.used_chunks
-    }
-
-    pub(crate) fn live_slots(&self) -> u32 {
-        self.live_slots
     }
 
     /// A free run of class `class`, which this pack has: its first chunk and its length.
@@ -250,26 +250,30 @@ impl PackMeta {
         self.shadow[at(chunk)] = value as u8;
     }
 
-    #[inline]
-    fn link_at(&self, chunk: u32) -> u16 {
-        u16::from_le_bytes([self.shadow[at(chunk)], self.shadow[at(chunk + 1)]])
+    /// The link at byte offset `offset` (`NEXT` or `PREV`) of the listed run at `start`.
+    #[inline(always)]
+    fn link_at(&self, start: u32, offset: usize) -> u16 {
+        let i = at(start) + offset;
+        u16::from_le_bytes([self.shadow[i], self.shadow[i + 1]])
     }
 
-    #[inline]
-    fn set_link_at(&mut self, chunk: u32, link: u16) {
+    #[inline(always)]
+    fn set_link_at(&mut self, start: u32, offset: usize, link: u16) {
+        let i = at(start) + offset;
         let [low, high] = link.to_le_bytes();
-        self.shadow[at(chunk)] = low;
-        self.shadow[at(chunk + 1)] = high;
+        self.shadow[i] = low;
+        self.shadow[i + 1] = high;
     }
 
     /// Length of the free run whose first chunk is `start`.
     #[inline]
     pub(crate) fn free_len_from_start(&self, start: u32) -> u32 {
-        let first = self.byte(start);
+        let i = at(start);
+        let first = u32::from(self.shadow[i]);
         if first & TINY != 0 {
             first & !TINY
         } else {
-            (first | self.byte(start + 1) << 7) + 1
+            (first | u32::from(self.shadow[i + 1]) << 7) + 1
         }
     }
 
@@ -280,57 +284,64 @@ impl PackMeta {
         if last & TINY != 0 {
             last & !TINY
         } else {
-            (last | self.byte(end.wrapping_sub(1)) << 7) + 1
+            // A listed run ends at chunk 7 or later, so `end - 1` does not wrap.
+            (last | u32::from(self.shadow[at(end.wrapping_sub(1))]) << 7) + 1
         }
     }
 
     /// Header and footer of a listed run (`len >= MIN_RUN`).
-    #[inline]
+    #[inline(always)]
     fn write_len(&mut self, start: u32, len: u32) {
         let stored = len - 1;
-        let end = start + len - 1;
-        self.set_byte(start, stored & 0x7f);
-        self.set_byte(start + 1, stored >> 7);
-        self.set_byte(end, stored & 0x7f);
-        self.set_byte(end - 1, stored >> 7);
+        let (low, high) = ((stored & 0x7f) as u8, (stored >> 7) as u8);
+        let i = at(start);
+        self.shadow[i] = low;
+        self.shadow[i + 1] = high;
+        // The footer: the high bits in the last chunk but one, the low bits in the last one
+        // (`len >= 8`, so `start + len - 2` is in the run).
+        let j = at(start + len - 2);
+        self.shadow[j] = high;
+        self.shadow[j + 1] = low;
     }
 
     // ---- the free-run index: lists, tiny bitmaps ----
 
     /// Lists the free run `[start, start + len)` (`len >= MIN_RUN`) at the head of its class.
+    #[inline(always)]
     fn link(&mut self, index: &mut RunIndex, pack: usize, start: u32, len: u32) {
         self.write_len(start, len);
         let class = class_of(len) % CLASS_SLOTS;
         let next = self.heads[class];
-        self.set_link_at(start + NEXT, next);
-        self.set_link_at(start + PREV, NIL);
+        self.set_link_at(start, NEXT, next);
+        self.set_link_at(start, PREV, NIL);
         if next == NIL {
             index.add(class, pack);
         } else {
-            self.set_link_at(u32::from(next) + PREV, start as u16);
+            self.set_link_at(u32::from(next), PREV, start as u16);
         }
         self.heads[class] = start as u16;
     }
 
     /// Takes the listed run at `start`, of class `class`, off its list.
+    #[inline(always)]
     fn unlink(&mut self, index: &mut RunIndex, pack: usize, start: u32, class: usize) {
-        let next = self.link_at(start + NEXT);
-        let prev = self.link_at(start + PREV);
+        let next = self.link_at(start, NEXT);
+        let prev = self.link_at(start, PREV);
         if prev == NIL {
             self.heads[class % CLASS_SLOTS] = next;
             if next == NIL {
                 index.remove(class, pack);
             }
         } else {
-            self.set_link_at(u32::from(prev) + NEXT, next);
+            self.set_link_at(u32::from(prev), NEXT, next);
         }
         if next != NIL {
-            self.set_link_at(u32::from(next) + PREV, prev);
+            self.set_link_at(u32::from(next), PREV, prev);
         }
     }
 
     /// Records `[start, start + len)` as a free run (`len` may be 0: nothing to record).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn add_free(&mut self, index: &mut RunIndex, pack: usize, start: u32, len: u32) {
         if len >= MIN_RUN {
             self.link(index, pack, start, len);
@@ -347,12 +358,25 @@ impl PackMeta {
     /// Forgets the free run `[start, start + len)`, about to be used or merged.
     #[inline]
     pub(crate) fn remove_free(&mut self, index: &mut RunIndex, pack: usize, start: u32, len: u32) {
+        self.remove_free_of_class(index, pack, start, len, class_of(len));
+    }
+
+    /// [`PackMeta::remove_free`] for a caller that knows the run's class.
+    #[inline(always)]
+    fn remove_free_of_class(
+        &mut self,
+        index: &mut RunIndex,
+        pack: usize,
+        start: u32,
+        len: u32,
+        class: usize,
+    ) {
         if len >= MIN_RUN {
-            self.unlink(index, pack, start, class_of(len));
+            self.unlink(index, pack, start, class);
         } else {
             self.tiny.remove(len, start);
             if self.tiny.is_empty(len) {
-                index.remove(class_of(len), pack);
+                index.remove(class, pack);
             }
         }
     }
@@ -365,7 +389,7 @@ impl PackMeta {
     /// its length is rewritten. Otherwise the slot goes at the start.
     ///
     /// The caller guarantees the slot fits: `len >= n + align - 1`, or the run is a whole pack.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn carve(
         &mut self,
         index: &mut RunIndex,
@@ -385,7 +409,7 @@ impl PackMeta {
         if len >= MIN_RUN && in_class(front, class) {
             self.write_len(run, front);
         } else {
-            self.remove_free(index, pack, run, len);
+            self.remove_free_of_class(index, pack, run, len, class);
             self.add_free(index, pack, run, front);
         }
         self.add_free(index, pack, slot + n, run_end - (slot + n));
@@ -398,15 +422,16 @@ impl PackMeta {
         self.flip_edge(START, slot);
         self.flip_edge(END, slot + n - 1);
         let stored = size - 1;
+        let i = at(slot);
         if stored < WIDE {
-            self.set_byte(slot, stored);
+            self.shadow[i] = stored as u8;
         } else {
-            self.set_byte(slot, WIDE | (stored & 0x7f));
-            self.set_byte(slot + 1, stored >> 7);
-            self.set_byte(slot + 2, stored >> 15);
+            // Three chunks or more: the three bytes are the slot's own.
+            self.shadow[i] = (WIDE | (stored & 0x7f)) as u8;
+            self.shadow[i + 1] = (stored >> 7) as u8;
+            self.shadow[i + 2] = (stored >> 15) as u8;
         }
         self.used_chunks += n;
-        self.live_slots += 1;
     }
 
     /// The requested size of the live slot starting at `chunk`, or `None` if no slot starts there.
@@ -415,11 +440,14 @@ impl PackMeta {
         if !self.edge(START, chunk) {
             return None;
         }
-        let first = self.byte(chunk);
+        let i = at(chunk);
+        let first = u32::from(self.shadow[i]);
         let stored = if first & WIDE == 0 {
             first
         } else {
-            (first & 0x7f) | self.byte(chunk + 1) << 7 | self.byte(chunk + 2) << 15
+            (first & 0x7f)
+                | u32::from(self.shadow[i + 1]) << 7
+                | u32::from(self.shadow[i + 2]) << 15
         };
         Some(stored + 1)
     }
@@ -439,12 +467,11 @@ impl PackMeta {
     /// Frees the live slot `[slot, slot + n)` (checked by the caller) and merges it with free
     /// neighbours. A listed run before it that stays in its class grows in place, which is the
     /// common case for small slots, carved from the end of that run.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn release(&mut self, index: &mut RunIndex, pack: usize, slot: u32, n: u32) {
         self.flip_edge(START, slot);
         self.flip_edge(END, slot + n - 1);
         self.used_chunks -= n;
-        self.live_slots -= 1;
 
         let mut len = n;
         let next = slot + n;
@@ -551,7 +578,6 @@ impl PackMeta {
             "pack {pack}: runs must cover the pack"
         );
         assert_eq!(used, self.used_chunks, "pack {pack}: used chunks");
-        assert_eq!(slots, self.live_slots, "pack {pack}: live slots");
         assert_eq!(self.tiny.count(), tiny, "pack {pack}: stray tiny runs");
         let ones = |map: usize| {
             self.edges[map..map + WORDS]
@@ -592,13 +618,13 @@ impl PackMeta {
                     class,
                     "pack {pack}: class"
                 );
-                assert_eq!(self.link_at(start + PREV), prev, "pack {pack}: prev link");
+                assert_eq!(self.link_at(start, PREV), prev, "pack {pack}: prev link");
                 assert!(
                     on_lists.insert(start),
                     "pack {pack}: run {start} listed twice"
                 );
                 prev = cursor;
-                cursor = self.link_at(start + NEXT);
+                cursor = self.link_at(start, NEXT);
             }
         }
         assert_eq!(
