@@ -7,6 +7,7 @@
 execmem::entry!(main);
 
 fn main() {
+    execmem::println!("expect failure: panicked at");
     execmem::println!("about to panic on purpose");
     panic!("deliberate panic: the runner must see a failure");
 }

@@ -205,12 +205,6 @@ pub fn live_packs() -> Vec<u64> {
         .collect()
 }
 
-/// Free 2 MiB frames left.
-pub fn free_frames() -> usize {
-    let packs = board::EXEC_FRAMES.size / BLOCK_SIZE_2M;
-    packs as usize - live_packs().len()
-}
-
 /// Audits the live translation tables (from TTBR0_EL1, what the hardware walks) against the W^X
 /// and exec-pool rules. `active_poke` names the fixmap slot of a poke in progress, if the caller is
 /// inside one.

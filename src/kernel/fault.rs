@@ -74,6 +74,29 @@ pub(crate) fn on_exception(kind: VectorKind, report: FaultReport, frame: &mut Ex
     super::exit(false);
 }
 
+/// A stack overflow caught at exception entry: the interrupted SP (`sp`) was so low that the
+/// exception frame would not fit above the guard page. Reports where, then stops with failure.
+pub(crate) fn on_stack_overflow(kind: VectorKind, sp: u64, report: FaultReport) -> ! {
+    let image = super::memory::KernelImage::current();
+    let whose = (0..image.stack_count()).find(|&cpu| {
+        let guard = image.stack_guard(cpu);
+        sp >= guard.start && sp < image.stack(cpu).start + 4096
+    });
+    write_fmt_emergency(format_args!(
+        "\n*** stack overflow: {} exception ({}) with sp {sp:#x}",
+        kind.name(),
+        kind.source()
+    ));
+    match whose {
+        Some(cpu) => write_fmt_emergency(format_args!(
+            ", at the guard page below CPU {cpu}'s boot stack\n"
+        )),
+        None => write_fmt_emergency(format_args!(", where no exception frame can be written\n")),
+    }
+    write_fmt_emergency(format_args!("    the exception was: {report}\n"));
+    super::exit(false)
+}
+
 /// IRQ and FIQ: nothing enables them yet, so one arriving is a bug.
 pub(crate) fn on_interrupt(kind: VectorKind, frame: &mut ExceptionFrame) {
     write_fmt_emergency(format_args!(

@@ -83,6 +83,12 @@ impl KernelImage {
     pub const fn stack_count(&self) -> usize {
         MAX_CPUS
     }
+
+    /// Bytes the boot code expects `.stacks` to have (linker.ld reserves them): a guard page and a
+    /// stack per CPU.
+    pub const fn stacks_size() -> u64 {
+        (MAX_CPUS * (STACK_GUARD_SIZE + STACK_SIZE)) as u64
+    }
 }
 
 /// `.bss` bounds (for the boot report).

@@ -80,6 +80,12 @@ fn start(dtb: u64, entry_el: u8) -> ! {
     // (memory::heap_region); this is the only call.
     unsafe { heap::init(memory::heap_region()) };
     assert_eq!(cpu::current_el(), 1, "boot code must leave us at EL1");
+    let stacks = memory::KernelImage::current().stacks.size;
+    let expected = memory::KernelImage::stacks_size();
+    assert_eq!(
+        stacks, expected,
+        "linker.ld's .stacks must match arch::aarch64::boot's stack constants"
+    );
     if let Err(e) = mmu::init() {
         panic!("address space: {e}");
     }

@@ -2,11 +2,26 @@
 //! [`handle_exception`], which reads the syndrome registers and hands a decoded
 //! [`FaultReport`] to the kernel's policy (`kernel::fault`).
 
-use aarch64_cpu::registers::{ESR_EL1, FAR_EL1, Readable};
+use aarch64_cpu::registers::{ELR_EL1, ESR_EL1, FAR_EL1, Readable};
 
+use super::boot::MAX_CPUS;
 use crate::fault::FaultReport;
 
-core::arch::global_asm!(include_str!("vectors.s"));
+/// Stack each CPU switches to when its own stack has overflowed into its guard page.
+pub const OVERFLOW_STACK_SIZE: usize = 16 * 1024;
+
+#[repr(C, align(16))]
+struct OverflowStacks([[u8; OVERFLOW_STACK_SIZE]; MAX_CPUS]);
+
+/// Used only as raw stack memory by vectors.s; in .bss (RW, XN).
+#[unsafe(no_mangle)]
+static mut OVERFLOW_STACKS: OverflowStacks = OverflowStacks([[0; OVERFLOW_STACK_SIZE]; MAX_CPUS]);
+
+core::arch::global_asm!(
+    include_str!("vectors.s"),
+    MAX_CPUS = const MAX_CPUS,
+    OVERFLOW_STACK_SIZE = const OVERFLOW_STACK_SIZE,
+);
 
 /// The interrupted context, as saved by vectors.s. The handler may edit it (e.g. move `elr` past
 /// an expected faulting instruction); the vector code restores everything from it.
@@ -73,4 +88,16 @@ extern "C" fn handle_exception(kind: u64, frame: &mut ExceptionFrame) {
     } else {
         crate::kernel::fault::on_interrupt(kind, frame);
     }
+}
+
+/// Called by vectors.s, on this CPU's overflow stack, when an exception's frame would not fit on
+/// the interrupted stack (its SP is in or next to a guard page). Never returns.
+#[unsafe(no_mangle)]
+extern "C" fn handle_stack_overflow(kind: u64, sp: u64) -> ! {
+    let report = FaultReport {
+        esr: ESR_EL1.get(),
+        far: FAR_EL1.get(),
+        elr: ELR_EL1.get(),
+    };
+    crate::kernel::fault::on_stack_overflow(VectorKind(kind), sp, report)
 }

@@ -12,12 +12,25 @@
 .equ FRAME_SIZE, 800
 .equ FRAME_Q, 288
 
+// Before anything is pushed, `AT S1E1W` checks that the frame's lowest byte is writable: if the
+// stack pointer has run into a guard page (a stack overflow), pushing the frame would fault again,
+// and again, each time further down. Then the entry switches to this CPU's overflow stack instead
+// and reports. x0 is parked in TPIDR_EL1 (unused otherwise) during the check; PAR_EL1 is clobbered.
 .macro VECTOR kind
 .balign 0x80
+    msr     tpidr_el1, x0
+    sub     x0, sp, #FRAME_SIZE
+    at      s1e1w, x0
+    isb
+    mrs     x0, par_el1
+    tbnz    x0, #0, 1f                      // PAR_EL1.F: the frame would not be writable
+    mrs     x0, tpidr_el1
     sub     sp, sp, #FRAME_SIZE
     stp     x0, x1, [sp, #0]
     mov     x0, #\kind
     b       exception_save_and_handle
+1:  mov     x0, #\kind
+    b       exception_stack_overflow
 .endm
 
 .section .text.vectors, "ax"
@@ -40,6 +53,24 @@ exception_vectors:
     VECTOR 13
     VECTOR 14
     VECTOR 15
+
+// Stack overflow: x0 = vector kind, the interrupted SP still in SP. Never returns.
+exception_stack_overflow:
+    mov     x1, sp                          // x1 = the overflowing SP
+    mrs     x2, mpidr_el1
+    and     x2, x2, #0xff
+    cmp     x2, #{MAX_CPUS}
+    b.lo    2f
+    mov     x2, #0                          // an unknown CPU shares CPU 0's overflow stack
+2:  adrp    x3, OVERFLOW_STACKS
+    add     x3, x3, :lo12:OVERFLOW_STACKS
+    mov     x4, #{OVERFLOW_STACK_SIZE}
+    madd    x5, x2, x4, x4                  // (cpu + 1) * size
+    add     x3, x3, x5                      // the top of this CPU's overflow stack
+    mov     sp, x3
+    bl      handle_stack_overflow
+3:  wfe
+    b       3b
 
 exception_save_and_handle:
     stp     x2, x3, [sp, #16]
