@@ -20,14 +20,58 @@ use spin::{Mutex, Once};
 
 use crate::board;
 use crate::kernel::{exec_pool, poke};
-use crate::pack::{AllocError, BackendError, PACK_SIZE, PackAllocator, PackBackend, Slot, Stats};
+use crate::pack::{
+    AllocError, BackendError, MAX_PACKS, PACK_SIZE, PackAllocator, PackBackend, Slot, Stats,
+};
 use crate::poke::{ExecRegion, PokeError, insn};
 
 /// The hardware backend of the allocator.
 pub struct PoolBackend;
 
+/// Packs the allocator has released but that are still mapped: their unmapping (break-before-make
+/// with a broadcast TLBI, which waits for every CPU) is done after the allocator's lock is dropped,
+/// so other CPUs can allocate and free meanwhile. Whoever drains the queue holds its lock until the
+/// packs are unmapped, so a pack is never seen as both released and mapped by a new owner.
+static RELEASED_PACKS: Mutex<ReleasedPacks> = Mutex::new(ReleasedPacks {
+    packs: [0; MAX_PACKS],
+    len: 0,
+});
+
+/// The queue behind [`RELEASED_PACKS`]: at most every pack of the pool can wait to be unmapped.
+struct ReleasedPacks {
+    packs: [u64; MAX_PACKS],
+    len: usize,
+}
+
+impl ReleasedPacks {
+    fn push(&mut self, va: u64) {
+        // A pack is released at most once before it is unmapped, so this never overflows; if it
+        // did, the pack would only stay mapped (BRK-filled, RX), which the audit accepts.
+        if self.len < MAX_PACKS {
+            self.packs[self.len] = va;
+            self.len += 1;
+        }
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = u64> + '_ {
+        let len = core::mem::replace(&mut self.len, 0);
+        self.packs[..len].iter().copied()
+    }
+}
+
+/// Unmaps the packs the allocator released. Called without the allocator's lock (after a free),
+/// and with it before mapping (so a released pack is gone before its VA is used again).
+fn unmap_released_packs() {
+    let mut queue = RELEASED_PACKS.lock();
+    for va in queue.drain() {
+        // The allocator released exactly this pack; it is mapped until now.
+        let _ = exec_pool::unmap_pack(va);
+    }
+}
+
 impl PackBackend for PoolBackend {
     fn map_packs(&mut self, va: u64, count: usize) -> Result<(), BackendError> {
+        unmap_released_packs();
         for i in 0..count {
             let pack = va + (i * PACK_SIZE) as u64;
             if let Err(e) = exec_pool::map_pack(pack) {
@@ -45,11 +89,11 @@ impl PackBackend for PoolBackend {
         Ok(())
     }
 
+    /// Queued: the caller (`free`) unmaps after dropping the allocator's lock.
     fn unmap_packs(&mut self, va: u64, count: usize) {
+        let mut queue = RELEASED_PACKS.lock();
         for i in 0..count {
-            // The allocator only unmaps packs it mapped; a refusal here would be a bookkeeping bug
-            // the audit reports (a live pack the allocator no longer knows).
-            let _ = exec_pool::unmap_pack(va + (i * PACK_SIZE) as u64);
+            queue.push(va + (i * PACK_SIZE) as u64);
         }
     }
 
@@ -144,7 +188,9 @@ pub fn alloc_aligned(size: usize, align: usize) -> Result<ExecSlot, AllocError> 
 /// Frees a slot: refilled with BRK (a stale call traps), chunks released, an empty pack unmapped
 /// (one is kept cached). On error the slot is unchanged and still allocated.
 pub fn free(slot: ExecSlot) -> Result<(), AllocError> {
-    allocator().lock().free(slot.slot)
+    let result = allocator().lock().free(slot.slot);
+    unmap_released_packs();
+    result
 }
 
 /// C-style allocation: the address, or an error.
@@ -157,7 +203,9 @@ pub fn alloc_raw(size: usize) -> Result<*const u8, AllocError> {
 
 /// C-style free; `size` must be the size the slot was allocated with.
 pub fn free_raw(ptr: *const u8, size: usize) -> Result<(), AllocError> {
-    allocator().lock().free_raw(ptr as u64, size)
+    let result = allocator().lock().free_raw(ptr as u64, size);
+    unmap_released_packs();
+    result
 }
 
 /// Allocator statistics.
