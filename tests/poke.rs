@@ -159,6 +159,27 @@ fn patch_batch_changes_any_instruction() {
     ));
     poke::patch_batch(&[(at, new)]).expect("batch");
     assert_eq!(call(at), 9);
+
+    // Several instructions of one function at once: w0 = 1 + 2 becomes w0 = 100 + 20.
+    let f = PACK + 0x4100;
+    let mut code = CodeBuf::new(f);
+    code.push(insn::movz(W0, 1, 0).expect("movz"));
+    code.push(insn::add_imm(W0, W0, 2, false).expect("add"));
+    code.push(insn::ret());
+    write(&code);
+    assert_eq!(call(f), 3);
+    let maps_before = poke::alias_maps();
+    poke::patch_batch(&[
+        (f + 4, insn::add_imm(W0, W0, 20, false).expect("add")),
+        (f, insn::movz(W0, 100, 0).expect("movz")),
+    ])
+    .expect("batch of two");
+    assert_eq!(
+        poke::alias_maps() - maps_before,
+        2,
+        "one alias mapping per instruction"
+    );
+    assert_eq!(call(f), 120);
 }
 
 fn text_set_brk_traps_when_called() {

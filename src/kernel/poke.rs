@@ -136,7 +136,8 @@ pub fn patch_insn(addr: u64, expected_old: u32, new: u32) -> Result<(), PokeErro
 
 /// Arbitrary instruction changes, made while every other online CPU waits in a rendezvous and
 /// then executes an ISB (Linux's `stop_machine` pattern for `aarch64_insn_patch_text`). Every
-/// address is checked first; on any error nothing is written.
+/// address is checked first; on any error nothing is written. All stores are made first, then one
+/// cache-maintenance pass per run of neighbouring instructions.
 pub fn patch_batch(patches: &[(u64, u32)]) -> Result<(), PokeError> {
     let _patching = PATCH_LOCK.lock();
     // Every lookup and lock before the others stop: a stopped CPU may hold anything else.
@@ -147,22 +148,52 @@ pub fn patch_batch(patches: &[(u64, u32)]) -> Result<(), PokeError> {
             .exec_pa(addr)
             .ok_or(PokeError::NotExecMemory { addr })?;
     }
+    // The written instructions, sorted, as ranges that merge neighbours less than a page apart:
+    // one maintenance pass per range, not per instruction.
+    let mut ranges: alloc::vec::Vec<(u64, u64)> = patches
+        .iter()
+        .map(|&(a, _)| (a, a + INSN_BYTES as u64))
+        .collect();
+    ranges.sort_unstable();
+    ranges.dedup_by(|next, merged| {
+        if next.0 < merged.1 + PAGE_SIZE {
+            merged.1 = merged.1.max(next.1);
+            true
+        } else {
+            false
+        }
+    });
+    let plan = exec_pool::maintenance_plan();
     super::rendezvous::stop_others_and_run(|| {
         for &(addr, new) in patches {
-            write_through_alias(&records, addr, INSN_BYTES, |alias, _, _| {
+            store_through_alias(&records, addr, INSN_BYTES, |alias, _, _| {
                 // SAFETY: one aligned 32-bit store into the alias page; the others are stopped.
                 unsafe { alias.cast::<u32>().write_volatile(new) };
             });
+        }
+        for &(start, end) in &ranges {
+            cache::sync_code_range(plan, start, end);
         }
     });
     Ok(())
 }
 
-/// Maps each page of `[dst, dst + len)` at this CPU's fixmap slot in turn, lets `write` store
-/// through it (alias pointer, offset into the range, bytes in this page), unmaps it, then runs one
-/// cache-maintenance pass over the whole range. The caller has checked the range and holds the
-/// pool's `records`, so no frame behind it can be freed and reused meanwhile.
+/// [`store_through_alias`], then one cache-maintenance pass over the whole range.
 fn write_through_alias(
+    records: &exec_pool::Records,
+    dst: u64,
+    len: usize,
+    write: impl FnMut(*mut u8, usize, usize),
+) {
+    store_through_alias(records, dst, len, write);
+    cache::sync_code_range(exec_pool::maintenance_plan(), dst, dst + len as u64);
+}
+
+/// Maps each page of `[dst, dst + len)` at this CPU's fixmap slot in turn, lets `write` store
+/// through it (alias pointer, offset into the range, bytes in this page) and unmaps it. No cache
+/// maintenance: the caller makes one pass over everything it wrote. The caller has checked the
+/// range and holds the pool's `records`, so no frame behind it can be freed and reused meanwhile.
+fn store_through_alias(
     records: &exec_pool::Records,
     dst: u64,
     len: usize,
@@ -198,5 +229,4 @@ fn write_through_alias(
 
         offset += in_page;
     }
-    cache::sync_code_range(exec_pool::maintenance_plan(), dst, dst + len as u64);
 }
