@@ -47,11 +47,26 @@ pub fn alias_maps() -> usize {
     ALIAS_MAPS.load(Ordering::Relaxed)
 }
 
-/// The pack holding `dst`, if it is mapped.
+/// The pack position of the pool window holding `dst` (address arithmetic only; whether it is
+/// mapped is checked once, under the pool's records lock, by the write itself).
 fn pack_of(dst: u64) -> Result<ExecRegion, PokeError> {
-    exec_pool::exec_pa(dst).ok_or(PokeError::NotExecMemory { addr: dst })?;
-    let start = dst - (dst - board::EXEC_POOL_VA.start) % crate::mmu::BLOCK_SIZE_2M;
+    let pool = board::EXEC_POOL_VA;
+    if !pool.contains(dst) {
+        return Err(PokeError::NotExecMemory { addr: dst });
+    }
+    let start = dst - (dst - pool.start) % crate::mmu::BLOCK_SIZE_2M;
     Ok(ExecRegion::pack(start, start + crate::mmu::BLOCK_SIZE_2M))
+}
+
+/// The instruction at `addr`, which must be aligned and in a pack the held `records` show mapped.
+fn read_mapped(records: &exec_pool::Records, addr: u64) -> Result<u32, PokeError> {
+    poke::check_insn_aligned(addr)?;
+    records
+        .exec_pa(addr)
+        .ok_or(PokeError::NotExecMemory { addr })?;
+    // SAFETY: `addr` is aligned and inside a mapped pack (RO + X, readable), which cannot be
+    // unmapped while `records` is held.
+    Ok(unsafe { ptr::read_volatile(addr as *const u32) })
 }
 
 /// Copies `src` to exec address `dst` (Linux `text_poke_copy`). The range must lie in one mapped
@@ -111,10 +126,7 @@ pub fn text_set_within(
 
 /// Reads the instruction at exec address `addr` (exec memory is readable).
 pub fn read_insn(addr: u64) -> Result<u32, PokeError> {
-    poke::check_insn_aligned(addr)?;
-    pack_of(addr)?;
-    // SAFETY: `addr` is aligned and inside a mapped pack (RO + X, readable).
-    Ok(unsafe { ptr::read_volatile(addr as *const u32) })
+    read_mapped(&exec_pool::records(), addr)
 }
 
 /// Replaces one instruction in code that may be running on other CPUs: a single aligned 32-bit
@@ -124,7 +136,7 @@ pub fn read_insn(addr: u64) -> Result<u32, PokeError> {
 pub fn patch_insn(addr: u64, expected_old: u32, new: u32) -> Result<(), PokeError> {
     let _patching = PATCH_LOCK.lock();
     let records = exec_pool::records();
-    let found = read_insn(addr)?;
+    let found = read_mapped(&records, addr)?;
     poke::check_old(addr, expected_old, found)?;
     poke::check_pair(found, new)?;
     write_through_alias(&records, addr, INSN_BYTES, |alias, _, _| {
