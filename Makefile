@@ -12,7 +12,8 @@ KERNEL_ELF := target/$(TARGET)/release/execmem
 IMAGE_DIR := out/$(BOARD)
 IMAGE_ELF := target/image/$(TARGET)/release/execmem
 LLVM_OBJCOPY = $(shell rustc --print sysroot)/lib/rustlib/$(shell rustc -vV | sed -n 's/^host: //p')/bin/llvm-objcopy
-QEMU_ARGS = $(shell awk '!/^\#/ && NF {$$1 = $$2 = ""; print; exit}' board/$(BOARD)/qemu.modes)
+# The board's first boot mode, as the QEMU runner starts it (tests/runner/qemu-args).
+QEMU_ARGS = $(shell tests/runner/qemu-args $(BOARD) first | cut -d' ' -f3-)
 
 BENCH_DIR := out/bench
 
