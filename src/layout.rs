@@ -1,8 +1,9 @@
 //! Physical and virtual memory regions: how a board describes its memory map and how the kernel
 //! reports it. Portable, so the checks run on the host.
 
-use alloc::{vec, vec::Vec};
 use core::fmt::{self, Write};
+
+use arrayvec::ArrayVec;
 
 /// One named, contiguous range of addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,27 +47,29 @@ impl Region {
     }
 }
 
-/// The parts of `base` that none of `holes` covers, in address order.
-pub fn subtract(base: Region, holes: &[Region]) -> Vec<Region> {
-    let mut parts = vec![base];
+/// The parts of `bases` that none of `holes` covers, in the order of `bases`; `None` if they are more
+/// than `N` pieces. No allocation: the boot path uses it before the heap exists.
+pub fn subtract<const N: usize>(bases: &[Region], holes: &[Region]) -> Option<ArrayVec<Region, N>> {
+    let mut parts: ArrayVec<Region, N> = ArrayVec::new();
+    parts.try_extend_from_slice(bases).ok()?;
     for hole in holes {
-        parts = parts
-            .into_iter()
-            .flat_map(|part| {
-                if !part.overlaps(hole) {
-                    return [Some(part), None];
+        let mut next: ArrayVec<Region, N> = ArrayVec::new();
+        for part in &parts {
+            if !part.overlaps(hole) {
+                next.try_push(*part).ok()?;
+                continue;
+            }
+            let below = Region::from_bounds(part.name, part.start, hole.start);
+            let above = Region::from_bounds(part.name, hole.end(), part.end());
+            for piece in [below, above] {
+                if piece.size > 0 {
+                    next.try_push(piece).ok()?;
                 }
-                let below = Region::from_bounds(part.name, part.start, hole.start);
-                let above = Region::from_bounds(part.name, hole.end(), part.end());
-                [
-                    (below.size > 0).then_some(below),
-                    (above.size > 0).then_some(above),
-                ]
-            })
-            .flatten()
-            .collect();
+            }
+        }
+        parts = next;
     }
-    parts
+    Some(parts)
 }
 
 /// Reach of one `B`/`BL` (imm26 words): -128 MiB ..= 128 MiB - 4.
@@ -169,13 +172,21 @@ mod tests {
             Region::new("h1", 0x2000, 0x1000),
             Region::new("h2", 0x8000, 0x4000),
         ];
-        let parts: Vec<(u64, u64)> = subtract(ram, &holes)
+        let parts: alloc::vec::Vec<(u64, u64)> = subtract::<4>(&[ram], &holes)
+            .expect("3 pieces fit in 4")
             .iter()
             .map(|r| (r.start, r.end()))
             .collect();
         assert_eq!(parts, [(0x1000, 0x2000), (0x3000, 0x8000)]);
-        assert!(subtract(ram, &[Region::new("all", 0, 0x10_0000)]).is_empty());
-        assert_eq!(subtract(ram, &[]), [ram]);
+        let all = Region::new("all", 0, 0x10_0000);
+        assert!(subtract::<4>(&[ram], &[all]).expect("fits").is_empty());
+        assert_eq!(subtract::<4>(&[ram], &[]).expect("fits").as_slice(), [ram]);
+        // Two holes inside one base make three pieces: more than N = 2 is reported, not lost.
+        let inner = [
+            Region::new("a", 0x2000, 0x10),
+            Region::new("b", 0x4000, 0x10),
+        ];
+        assert!(subtract::<2>(&[ram], &inner).is_none());
     }
 
     #[test]

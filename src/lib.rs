@@ -8,7 +8,8 @@
 //!
 //! Layers (a reader knows the room from the path):
 //! - portable core, unit-tested on the host: [`cpu`] (ID register decoding), [`fault`] (exception
-//!   syndrome decoding), [`mmu`] (descriptors, tables, audit), [`poke`] (instruction encoding, CMODX
+//!   syndrome decoding), [`machine`] (the memory map and devices from the device tree, and where the
+//!   kernel's regions go in it), [`mmu`] (descriptors, tables, audit), [`poke`] (instruction encoding, CMODX
 //!   rules, cache-maintenance plans), [`pack`] (the slot allocator);
 //! - `arch::aarch64`: assembly, system registers, TLB and cache instructions;
 //! - `kernel` and `board`: the bare-metal runtime that hosts the manager (only on `target_os = "none"`).
@@ -24,6 +25,7 @@ pub mod bench;
 pub mod cpu;
 pub mod fault;
 pub mod layout;
+pub mod machine;
 pub mod mmu;
 pub mod pack;
 pub mod poke;

@@ -8,9 +8,8 @@
 #[cfg(target_os = "none")]
 mod demo {
     use execmem::bench::workload::{Rng, bpf_size};
-    use execmem::board;
     use execmem::kernel::slot::{self, ExecSlot};
-    use execmem::kernel::{exec_pool, mmu, poke, report};
+    use execmem::kernel::{exec_pool, memory, mmu, poke, report};
     use execmem::layout::Size;
     use execmem::poke::insn::{self, CodeBuf, W0};
     use execmem::println;
@@ -51,7 +50,7 @@ mod demo {
     extern crate alloc;
 
     fn jit_demo() {
-        let pack = board::EXEC_POOL_VA.start;
+        let pack = memory::plan().exec_pool.start;
         if let Err(e) = exec_pool::map_pack(pack) {
             println!("jit: cannot map a pack: {e}");
             return;

@@ -14,7 +14,10 @@ use execmem::fault::{Access, ExceptionClass, FaultStatus};
 use execmem::kernel::{
     self,
     fault::{Resume, catch},
+    memory,
 };
+use execmem::layout::Region;
+use execmem::machine::Source;
 use execmem::{println, tests};
 
 execmem::entry!(main);
@@ -31,6 +34,8 @@ fn main() {
             data_abort_is_decoded,
             undefined_instruction_is_decoded,
             brk_is_decoded,
+            memory_map_comes_from_the_device_tree,
+            placed_regions_lie_in_free_ram,
         ],
     );
 }
@@ -109,4 +114,53 @@ fn brk_is_decoded() {
     println!("  caught: {report}");
     assert_eq!(report.class(), ExceptionClass::Brk);
     assert_eq!(report.immediate(), Some(0x3e8));
+}
+
+/// Every boot mode of both boards has a device tree (QEMU virt's own; board/rpi4/board.dts for
+/// raspi4b): the map must come from it, not from the static fallback.
+fn memory_map_comes_from_the_device_tree() {
+    let machine = memory::machine();
+    let Source::DeviceTree { address, size } = machine.source else {
+        panic!("the memory map came from the static fallback: the loader's tree was not found");
+    };
+    println!(
+        "  tree at {address:#x} ({size} bytes): {} MiB of RAM, {} CPUs",
+        machine.ram_size() >> 20,
+        machine.cpus.len()
+    );
+    assert!(machine.ram_size() >= 128 << 20);
+    assert!(!machine.cpus.is_empty());
+    assert!(machine.uart.is_some() && machine.gic.is_some());
+    let tree = Region::new("tree", address, size);
+    assert!(
+        machine
+            .reserved
+            .contains(&Region::new("device tree", address, size)),
+        "the tree itself is kept"
+    );
+    assert!(!tree.overlaps(&memory::KernelImage::current().all()));
+}
+
+/// The heap and the exec frames are RAM the tree describes, apart from each other, the image and
+/// everything reserved; the pool is within one BL of the text (what the boot check enforces).
+fn placed_regions_lie_in_free_ram() {
+    let (machine, plan) = (memory::machine(), memory::plan());
+    let in_ram = |r: &Region| {
+        machine
+            .ram
+            .iter()
+            .any(|b| b.start <= r.start && r.end() <= b.end())
+    };
+    let image = memory::KernelImage::current().all();
+    for region in [plan.heap, plan.exec_frames] {
+        assert!(in_ram(&region), "{region} outside RAM");
+        assert!(!region.overlaps(&image), "{region} overlaps the kernel");
+        for reserved in &machine.reserved {
+            assert!(!region.overlaps(reserved), "{region} overlaps {reserved}");
+        }
+    }
+    assert!(!plan.heap.overlaps(&plan.exec_frames));
+    let text = memory::KernelImage::current().text;
+    assert!(execmem::layout::branch_reaches(&plan.exec_pool, &text));
+    assert!(execmem::layout::branch_reaches(&text, &plan.exec_pool));
 }

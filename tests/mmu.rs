@@ -16,7 +16,7 @@ use execmem::board;
 use execmem::fault::{Access, ExceptionClass, FaultReport, FaultStatus};
 use execmem::kernel::fault::{Resume, catch};
 use execmem::kernel::memory::KernelImage;
-use execmem::kernel::{self, exec_pool, mmu};
+use execmem::kernel::{self, exec_pool, memory, mmu};
 use execmem::mmu::{
     AddressSpace, AuditContext, BLOCK_SIZE_2M, El1And0, Granularity, NoMaintenance, Role, Rule,
 };
@@ -112,13 +112,13 @@ fn store_to_rodata_faults() {
 }
 
 fn exec_pack_is_one_rx_block_full_of_brk() {
-    let pack = board::EXEC_POOL_VA.start;
+    let pack = memory::plan().exec_pool.start;
     exec_pool::map_pack(pack).expect("map a pack");
     let translation = mmu::with_tables(|t| t.translate(pack)).expect("pack is mapped");
     assert_eq!(translation.level, 2, "a pack is one level-2 block");
     assert_eq!(translation.size, BLOCK_SIZE_2M);
     assert!(
-        board::EXEC_FRAMES.contains(translation.pa),
+        memory::plan().exec_frames.contains(translation.pa),
         "backed by an exec frame"
     );
     for offset in [0, 4, 0x1000, BLOCK_SIZE_2M - 4] {
@@ -130,7 +130,7 @@ fn exec_pack_is_one_rx_block_full_of_brk() {
 }
 
 fn store_to_exec_pack_faults() {
-    let pack = board::EXEC_POOL_VA.start;
+    let pack = memory::plan().exec_pool.start;
     for offset in [0, 0x40, BLOCK_SIZE_2M - 4] {
         let report = expect_store_fault(pack + offset);
         assert!(
@@ -141,7 +141,7 @@ fn store_to_exec_pack_faults() {
 }
 
 fn unmapped_pack_faults_and_frame_is_reused() {
-    let pack = board::EXEC_POOL_VA.start;
+    let pack = memory::plan().exec_pool.start;
     let pa = exec_pool::exec_pa(pack).expect("mapped by the previous case");
     exec_pool::unmap_pack(pack).expect("unmap");
     assert_eq!(exec_pool::exec_pa(pack), None);
@@ -251,8 +251,8 @@ fn null_page_faults() {
 /// Builds tables (not live) with a W+X mapping, a writable alias of exec frames, a pack split
 /// into pages and a pack mapped writable, and checks the audit reports each.
 fn audit_finds_planted_violations() {
-    let pool = board::EXEC_POOL_VA;
-    let frames = board::EXEC_FRAMES;
+    let pool = memory::plan().exec_pool;
+    let frames = memory::plan().exec_frames;
     let mut tables = AddressSpace::<El1And0>::new().expect("tables");
     let mut map = |va: u64, pa: u64, size: u64, role: Role, granularity: Granularity| {
         tables
@@ -324,7 +324,7 @@ fn audit_finds_planted_violations() {
         wxn,
         exec_pool_va: pool.start..pool.end(),
         exec_frames_pa: frames.start..frames.end(),
-        fixmap_va: board::FIXMAP_VA.start..board::FIXMAP_VA.end(),
+        fixmap_va: memory::plan().fixmap.start..memory::plan().fixmap.end(),
         active_poke: None,
         live_packs: &live,
     };

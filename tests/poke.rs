@@ -16,7 +16,7 @@ use execmem::arch::aarch64::cpu;
 use execmem::board;
 use execmem::fault::ExceptionClass;
 use execmem::kernel::fault::{Resume, catch};
-use execmem::kernel::{self, exec_pool, mmu, poke};
+use execmem::kernel::{self, exec_pool, memory, mmu, poke};
 use execmem::mmu::BLOCK_SIZE_2M;
 use execmem::poke::cache::Clean;
 use execmem::poke::insn::{self, CodeBuf, W0, X0};
@@ -25,11 +25,13 @@ use execmem::{println, tests};
 
 execmem::entry!(main);
 
-/// The pack these tests write into.
-const PACK: u64 = board::EXEC_POOL_VA.start;
+/// The pack these tests write into: the first of the pool window.
+fn pack() -> u64 {
+    memory::plan().exec_pool.start
+}
 
 fn main() {
-    exec_pool::map_pack(PACK).expect("map a pack for the poke tests");
+    exec_pool::map_pack(pack()).expect("map a pack for the poke tests");
     kernel::testing::run(
         "poke",
         tests![
@@ -45,7 +47,7 @@ fn main() {
             bad_inputs_are_refused_with_memory_unchanged,
         ],
     );
-    exec_pool::unmap_pack(PACK).expect("unmap");
+    exec_pool::unmap_pack(pack()).expect("unmap");
 }
 
 /// Calls the code at `addr` as `extern "C" fn() -> u32`.
@@ -87,13 +89,13 @@ fn maintenance_plan_matches_the_cpu() {
 }
 
 fn jit_a_function_and_call_it() {
-    let code = return_const(PACK + 0x100, 42);
+    let code = return_const(pack() + 0x100, 42);
     write(&code);
     assert_eq!(call(code.base()), 42);
 }
 
 fn overwrite_and_call_again() {
-    let at = PACK + 0x100;
+    let at = pack() + 0x100;
     write(&return_const(at, 42));
     assert_eq!(call(at), 42);
     write(&return_const(at, 7));
@@ -111,7 +113,7 @@ fn overwrite_and_call_again() {
 
 fn code_across_a_page_boundary() {
     // Starts 12 bytes before a 4 KiB boundary: three instructions in one page, the rest in the next.
-    let at = PACK + 0x2000 - 12;
+    let at = pack() + 0x2000 - 12;
     let mut code = CodeBuf::new(at);
     code.push(insn::movz(W0, 1, 0).expect("movz"));
     for _ in 0..5 {
@@ -130,7 +132,7 @@ fn code_across_a_page_boundary() {
 
 fn patch_nop_to_b_redirects_a_function() {
     // nop; movz w0,#1; ret; movz w0,#2; ret — then the NOP becomes `b` to the second movz.
-    let at = PACK + 0x3000;
+    let at = pack() + 0x3000;
     let mut code = CodeBuf::new(at);
     code.push(insn::nop());
     code.push(insn::movz(W0, 1, 0).expect("movz"));
@@ -148,7 +150,7 @@ fn patch_nop_to_b_redirects_a_function() {
 }
 
 fn patch_batch_changes_any_instruction() {
-    let at = PACK + 0x4000;
+    let at = pack() + 0x4000;
     write(&return_const(at, 5));
     assert_eq!(call(at), 5);
     // MOVZ -> MOVZ is not a CMODX pair: patch_insn refuses, the batch path does it.
@@ -161,7 +163,7 @@ fn patch_batch_changes_any_instruction() {
     assert_eq!(call(at), 9);
 
     // Several instructions of one function at once: w0 = 1 + 2 becomes w0 = 100 + 20.
-    let f = PACK + 0x4100;
+    let f = pack() + 0x4100;
     let mut code = CodeBuf::new(f);
     code.push(insn::movz(W0, 1, 0).expect("movz"));
     code.push(insn::add_imm(W0, W0, 2, false).expect("add"));
@@ -183,7 +185,7 @@ fn patch_batch_changes_any_instruction() {
 }
 
 fn text_set_brk_traps_when_called() {
-    let at = PACK + 0x5000;
+    let at = pack() + 0x5000;
     write(&return_const(at, 3));
     poke::text_set(at, insn::brk(0x7), 2).expect("text_set");
     let report = catch(Resume::ReturnToCaller, || {
@@ -197,7 +199,7 @@ fn text_set_brk_traps_when_called() {
 }
 
 fn direct_store_to_the_pack_still_faults() {
-    let at = PACK + 0x100;
+    let at = pack() + 0x100;
     let report = catch(Resume::Skip, || {
         // SAFETY: must fault: exec memory is never writable.
         unsafe { ptr::write_volatile(at as *mut u32, insn::nop()) };
@@ -225,7 +227,7 @@ fn alias_is_gone_and_audit_clean_after_pokes() {
 type RefusalCase = (&'static str, Result<(), PokeError>, fn(&PokeError) -> bool);
 
 fn bad_inputs_are_refused_with_memory_unchanged() {
-    let at = PACK + 0x6000;
+    let at = pack() + 0x6000;
     write(&return_const(at, 11));
     let snapshot = |from: u64| -> Vec<u32> {
         // SAFETY: reads of the mapped pack.
@@ -234,8 +236,8 @@ fn bad_inputs_are_refused_with_memory_unchanged() {
             .collect()
     };
     let before = snapshot(at);
-    let unmapped_pack = PACK + BLOCK_SIZE_2M;
-    let outside = board::EXEC_POOL_VA.start - 0x1000;
+    let unmapped_pack = pack() + BLOCK_SIZE_2M;
+    let outside = memory::plan().exec_pool.start - 0x1000;
     let nop = insn::nop();
     let movz = insn::movz(W0, 11, 0).expect("movz");
 
@@ -252,7 +254,7 @@ fn bad_inputs_are_refused_with_memory_unchanged() {
         ),
         (
             "copy past the pack end",
-            poke::text_copy(PACK + BLOCK_SIZE_2M - 4, &[0; 8]),
+            poke::text_copy(pack() + BLOCK_SIZE_2M - 4, &[0; 8]),
             |e| matches!(e, PokeError::PastEnd { .. }),
         ),
         ("empty source", poke::text_copy(at, &[]), |e| {

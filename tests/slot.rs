@@ -11,11 +11,10 @@ extern crate alloc;
 use alloc::vec::Vec;
 
 use execmem::bench::workload::{Rng, bpf_size};
-use execmem::board;
 use execmem::fault::ExceptionClass;
 use execmem::kernel::fault::{Resume, catch};
 use execmem::kernel::slot::{self, ExecSlot};
-use execmem::kernel::{self, exec_pool};
+use execmem::kernel::{self, exec_pool, memory};
 use execmem::pack::AllocError;
 use execmem::poke::insn::{self, CodeBuf, W0};
 use execmem::{println, tests};
@@ -70,7 +69,7 @@ fn bad_requests_are_refused() {
         Err(AllocError::TooLarge { .. })
     ));
     assert!(matches!(
-        slot::alloc(board::EXEC_POOL_VA.size as usize + 1),
+        slot::alloc(memory::plan().exec_pool.size as usize + 1),
         Err(AllocError::TooLarge { .. })
     ));
     assert!(matches!(
@@ -176,7 +175,7 @@ fn bad_frees_are_refused_with_nothing_changed() {
     let (ptr, size) = slot.into_raw();
     let addr = ptr as u64;
     let before = slot::stats();
-    let outside = (board::EXEC_POOL_VA.start - 64) as *const u8;
+    let outside = (memory::plan().exec_pool.start - 64) as *const u8;
     assert!(matches!(
         slot::free_raw(outside, 64),
         Err(AllocError::OutsidePool { .. })

@@ -7,40 +7,67 @@ use tock_registers::{
 
 use crate::kernel::mmio::Mmio;
 use crate::layout::Region;
+use crate::machine::plan::Needs;
+use crate::machine::{Cpu, EnableMethod, Gic, Machine, Source};
 
 /// Short name, as in `BOARD=rpi4`.
 pub const NAME: &str = "rpi4";
 /// What it is.
 pub const DESCRIPTION: &str = "Raspberry Pi 4 Model B, BCM2711, Cortex-A72, GIC-400, PL011";
-/// CPUs (the secondaries wait on the firmware's spin table at 0xd8..0xf0).
+/// CPUs the kernel can run (the secondaries wait on the firmware's spin table at 0xd8..0xf0).
 pub const CPUS: usize = 4;
-/// RAM used by the kernel: the low 960 MiB, below the VideoCore's share at the top of the first GiB,
-/// which config.txt pins to 64 MiB (`gpu_mem=64`). QEMU raspi4b has 2 GiB; real boards 1 to 8 GiB.
-pub const RAM: Region = Region::new("RAM", 0, 960 << 20);
-/// Console PL011 (UART0), on GPIO 14/15.
-pub const UART: Region = Region::new("PL011 UART0", 0xfe20_1000, 0x200);
+/// Where the loader may leave a device tree without passing it in x0: the Pi firmware and QEMU's
+/// raw-image boot pass its address in x0; QEMU raspi4b with an ELF kernel copies it to the start of
+/// RAM and leaves x0 = 0. (On a real Pi the firmware's armstub is there, which has no FDT magic.)
+pub const DEVICE_TREE_PROBE: Option<u64> = Some(0);
+/// RAM every Pi 4 has below the VideoCore's share of the first GiB (the 1 GiB model with the
+/// firmware's default `gpu_mem` of 76 MiB has 0x3b40_0000 bytes there): where a device tree may be,
+/// and the RAM of the static map.
+pub const STATIC_RAM: Region = Region::new("RAM", 0, 0x3b40_0000);
+/// Console PL011 (UART0), on GPIO 14/15, if the tree names none.
+pub const UART: Region = Region::new("PL011 UART", 0xfe20_1000, 0x200);
 /// PL011 reference clock; config.txt pins it with `init_uart_clock=48000000`.
 pub const UART_CLOCK_HZ: u32 = 48_000_000;
+/// Generic timer frequency if the tree states none: the BCM2711's 54 MHz crystal.
+pub const TIMER_HZ: u32 = 54_000_000;
 /// GPIO block, for the console pins.
 const GPIO: Region = Region::new("GPIO", 0xfe20_0000, 0x100);
-/// Devices the kernel maps.
-pub const DEVICES: &[Region] = &[
-    GPIO,
-    UART,
-    Region::new("GIC-400 GICD+GICC", 0xff84_1000, 0x2000),
-];
-/// Kernel heap size.
-pub const HEAP_SIZE: u64 = 32 << 20;
-/// VA window for exec packs: 32 packs of 2 MiB from 64 MiB up, within one `BL` of the kernel
-/// text at 0x8_0000 both ways (checked at boot). RAM starts at 0 here, so the window sits inside the
-/// RAM's identity range; the RAM map leaves a hole for it.
-pub const EXEC_POOL_VA: Region = Region::new("exec pool (VA)", 0x0400_0000, 64 << 20);
-/// Physical memory behind the packs: the RAM under the pool window, which the RAM map leaves out
-/// anyway (the pool maps it at the same addresses, but only through 2 MiB RX blocks).
-pub const EXEC_FRAMES: Region = Region::new("exec frames (PA)", 0x0400_0000, 64 << 20);
-/// Fixmap window: the per-CPU 4 KiB text-poke slots in its first 2 MiB, the pack-fill block in the
-/// second (a hole in the RAM map too).
-pub const FIXMAP_VA: Region = Region::new("fixmap (VA)", 0x03c0_0000, 4 << 20);
+/// Devices the kernel maps besides the UART and the GIC.
+pub const OTHER_DEVICES: &[Region] = &[GPIO];
+/// What the manager and runtime need of RAM and address space.
+pub const NEEDS: Needs = Needs {
+    heap: 32 << 20,
+    pool: 64 << 20,
+    fixmap: 4 << 20,
+    min_frames: 8 << 20,
+};
+
+/// The machine when no device tree is found (the BCM2711's GIC-400 and UART0; the spin table the
+/// firmware's armstub keeps at 0xd8..0xf0, in the page it reserves).
+pub fn static_machine() -> Machine {
+    let mut machine = Machine {
+        source: Source::Static,
+        ram: Default::default(),
+        reserved: Default::default(),
+        cpus: Default::default(),
+        uart: Some(UART),
+        gic: Some(Gic::V2 {
+            distributor: Region::new("GICv2 GICD", 0xff84_1000, 0x1000),
+            cpu_interface: Region::new("GICv2 GICC", 0xff84_2000, 0x2000),
+        }),
+        psci: None,
+        timer_hz: None,
+    };
+    machine.ram.push(STATIC_RAM);
+    machine.reserved.push(Region::new("memreserve", 0, 0x1000));
+    for (cpu, release) in [0xd8, 0xe0, 0xe8, 0xf0].into_iter().enumerate() {
+        machine.cpus.push(Cpu {
+            mpidr: cpu as u64,
+            enable: EnableMethod::SpinTable(release),
+        });
+    }
+    machine
+}
 
 register_bitfields! {
     u32,

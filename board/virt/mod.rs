@@ -1,33 +1,62 @@
 //! QEMU `virt` (the default board): `-M virt -cpu cortex-a72 -m 512M`, optionally
-//! `virtualization=on` (entry at EL2). Memory map from QEMU's hw/arm/virt.c.
+//! `virtualization=on` (entry at EL2). RAM, CPUs, the GIC, the UART and the PSCI conduit come from
+//! the device tree QEMU places at the start of RAM; the constants here are the fallback when no
+//! tree is found (QEMU's hw/arm/virt.c memory map).
 
 use crate::layout::Region;
+use crate::machine::plan::Needs;
+use crate::machine::{Cpu, EnableMethod, Gic, Machine, Source};
 
 /// Short name, as in `BOARD=virt`.
 pub const NAME: &str = "virt";
 /// What it is.
 pub const DESCRIPTION: &str = "QEMU virt, Cortex-A72, GICv2, PL011";
-/// CPUs the board can have online (QEMU `-smp`; the boot code has stacks for this many).
+/// CPUs the kernel can run (it has a boot stack and a poke slot for each).
 pub const CPUS: usize = 4;
-/// RAM as QEMU gives it with `-m 512M` (see qemu.modes).
-pub const RAM: Region = Region::new("RAM", 0x4000_0000, 512 << 20);
-/// Console PL011 (UART0).
-pub const UART: Region = Region::new("PL011 UART0", 0x0900_0000, 0x1000);
+/// Where the loader may leave a device tree without passing it in x0: QEMU puts it at the start
+/// of RAM for an ELF kernel (x0 = 0); its raw-image boot passes the address in x0.
+pub const DEVICE_TREE_PROBE: Option<u64> = Some(0x4000_0000);
+/// RAM every virt machine has (`-m 128M`, QEMU's default): where a device tree may be looked for,
+/// and the RAM of the static map.
+pub const STATIC_RAM: Region = Region::new("RAM", 0x4000_0000, 128 << 20);
+/// Console PL011 (UART0), if the tree names none.
+pub const UART: Region = Region::new("PL011 UART", 0x0900_0000, 0x1000);
 /// PL011 reference clock (the `apb-pclk` of QEMU's device tree; QEMU ignores the divisor).
 pub const UART_CLOCK_HZ: u32 = 24_000_000;
-/// Devices the kernel maps.
-pub const DEVICES: &[Region] = &[Region::new("GICv2 GICD+GICC", 0x0800_0000, 0x2_0000), UART];
-/// Kernel heap size.
-pub const HEAP_SIZE: u64 = 32 << 20;
-/// VA window for exec packs: 32 packs of 2 MiB just below RAM, within one `BL` of the kernel text
-/// both ways (checked at boot). Nothing else is mapped there.
-pub const EXEC_POOL_VA: Region = Region::new("exec pool (VA)", 0x3c00_0000, 64 << 20);
-/// Physical memory behind the packs: the top 64 MiB of RAM, which the RAM map leaves out, so exec
-/// memory has no writable identity alias.
-pub const EXEC_FRAMES: Region = Region::new("exec frames (PA)", 0x5c00_0000, 64 << 20);
-/// Fixmap window: the per-CPU 4 KiB text-poke slots in its first 2 MiB, the pack-fill block in the
-/// second.
-pub const FIXMAP_VA: Region = Region::new("fixmap (VA)", 0x3bc0_0000, 4 << 20);
+/// Generic timer frequency if the tree states none (QEMU sets CNTFRQ_EL0 to 62.5 MHz itself).
+pub const TIMER_HZ: u32 = 62_500_000;
+/// Devices the kernel maps besides the UART and the GIC.
+pub const OTHER_DEVICES: &[Region] = &[];
+/// What the manager and runtime need of RAM and address space.
+pub const NEEDS: Needs = Needs {
+    heap: 32 << 20,
+    pool: 64 << 20,
+    fixmap: 4 << 20,
+    min_frames: 8 << 20,
+};
+
+/// The machine when no device tree is found.
+pub fn static_machine() -> Machine {
+    let mut machine = Machine {
+        source: Source::Static,
+        ram: Default::default(),
+        reserved: Default::default(),
+        cpus: Default::default(),
+        uart: Some(UART),
+        gic: Some(Gic::V2 {
+            distributor: Region::new("GICv2 GICD", 0x0800_0000, 0x1_0000),
+            cpu_interface: Region::new("GICv2 GICC", 0x0801_0000, 0x1_0000),
+        }),
+        psci: None,
+        timer_hz: None,
+    };
+    machine.ram.push(STATIC_RAM);
+    machine.cpus.push(Cpu {
+        mpidr: 0,
+        enable: EnableMethod::Unknown,
+    });
+    machine
+}
 
 /// The virt UART needs no pin set-up.
 pub fn init_console_pins() {}

@@ -1,8 +1,11 @@
 //! The board the kernel is built for: exactly one of the `board-*` features, each a folder under
 //! `board/` (memory map, UART, QEMU flags, boot files) whose `mod.rs` is included here.
 //!
-//! Every board module provides: `NAME`, `DESCRIPTION`, `CPUS`, `RAM`, `UART`, `UART_CLOCK_HZ`,
-//! `DEVICES`, `HEAP_SIZE`, `EXEC_POOL_VA`, `EXEC_FRAMES`, `FIXMAP_VA` and `init_console_pins()`.
+//! Every board module provides: `NAME`, `DESCRIPTION`, `CPUS`, `DEVICE_TREE_PROBE` (where a loader
+//! may leave a tree without passing it in x0), `STATIC_RAM` (RAM every variant has), `UART`,
+//! `UART_CLOCK_HZ`, `TIMER_HZ`, `OTHER_DEVICES`, `NEEDS` (what to place in RAM), `static_machine()`
+//! (the fallback when no device tree is found) and `init_console_pins()`. RAM, CPUs and the GIC,
+//! UART and PSCI conduit come from the device tree (`kernel::memory`).
 
 #[cfg(all(feature = "board-virt", feature = "board-rpi4"))]
 compile_error!(

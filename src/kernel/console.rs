@@ -6,8 +6,10 @@ use spin::mutex::SpinMutex;
 
 use super::pl011::Pl011;
 use crate::board;
+use crate::layout::Region;
 
-// SAFETY: the board names the address of its console PL011, and only this static drives it.
+// SAFETY: the board names the address of its console PL011, and only this static drives it. `init`
+// moves it to the UART the device tree names.
 static CONSOLE: SpinMutex<Pl011> =
     SpinMutex::new(unsafe { Pl011::new(board::UART.start as usize) });
 
@@ -23,10 +25,17 @@ fn with_uart<T>(f: impl FnOnce(&mut Pl011) -> T) -> T {
     }
 }
 
-/// Sets up the board's console UART (pins, baud rate).
-pub fn init() {
+/// Sets up the console on the PL011 at `uart` (the device tree's, else the board's): pins, baud rate.
+pub fn init(uart: Region) {
     board::init_console_pins();
-    with_uart(|uart| uart.init(board::UART_CLOCK_HZ));
+    with_uart(|console| {
+        if uart.start != board::UART.start {
+            // SAFETY: `uart` is the PL011 the device tree names as the console (or the board's);
+            // only this static drives it.
+            *console = unsafe { Pl011::new(uart.start as usize) };
+        }
+        console.init(board::UART_CLOCK_HZ)
+    });
 }
 
 /// Writes formatted text to the console (what `print!` expands to).

@@ -14,7 +14,7 @@ use buddy_system_allocator::FrameAllocator;
 use spin::RwLock;
 
 use crate::arch::aarch64::{cache, mmu as hw, mmu::BroadcastTlb};
-use crate::board;
+use crate::kernel::memory;
 use crate::kernel::mmu::{fixmap_fill_block, with_tables};
 use crate::mmu::{
     AuditContext, BLOCK_SIZE_2M, El1And0, Granularity, MapError, Role, Violation, audit_root,
@@ -22,7 +22,7 @@ use crate::mmu::{
 use crate::poke::cache::MaintenancePlan;
 use crate::poke::insn;
 
-/// Packs the pool window can hold (the board's window is checked against this at boot).
+/// Packs the pool window can hold (the placed window is checked against this at boot).
 pub const MAX_PACKS: usize = 64;
 
 /// Errors of the pool backend.
@@ -76,9 +76,9 @@ pub fn maintenance_plan() -> &'static MaintenancePlan {
     })
 }
 
-/// Gives the board's exec frames to the pool. Called once at boot, after the MMU is on.
+/// Gives the placed exec frames to the pool. Called once at boot, after the MMU is on.
 pub fn init() {
-    let frames = board::EXEC_FRAMES;
+    let frames = memory::plan().exec_frames;
     let mut allocator = FrameAllocator::new();
     allocator.add_frame((frames.start >> 21) as usize, (frames.end() >> 21) as usize);
     *POOL.write() = Some(Pool {
@@ -89,7 +89,7 @@ pub fn init() {
 }
 
 fn pack_index(va: u64) -> Result<usize, PoolError> {
-    let pool = board::EXEC_POOL_VA;
+    let pool = memory::plan().exec_pool;
     if !pool.contains(va) || !va.is_multiple_of(BLOCK_SIZE_2M) {
         return Err(PoolError::NotAPack(va));
     }
@@ -171,7 +171,7 @@ pub struct Records(spin::RwLockReadGuard<'static, Option<Pool>>);
 impl Records {
     /// The physical address behind exec address `va`, if its pack is mapped.
     pub fn exec_pa(&self, va: u64) -> Option<u64> {
-        let pool = board::EXEC_POOL_VA;
+        let pool = memory::plan().exec_pool;
         if !pool.contains(va) {
             return None;
         }
@@ -198,7 +198,7 @@ pub fn live_packs() -> Vec<u64> {
     let Some(pool) = guard.as_ref() else {
         return Vec::new();
     };
-    let base = board::EXEC_POOL_VA.start;
+    let base = memory::plan().exec_pool.start;
     (0..MAX_PACKS)
         .filter(|&i| pool.packs[i].is_some())
         .map(|i| base + i as u64 * BLOCK_SIZE_2M)
@@ -210,11 +210,11 @@ pub fn live_packs() -> Vec<u64> {
 /// inside one.
 pub fn audit_with(active_poke: Option<u64>) -> Vec<Violation> {
     let live = live_packs();
-    let fixmap = board::FIXMAP_VA;
+    let fixmap = memory::plan().fixmap;
     let context = AuditContext {
         wxn: hw::wxn_enabled(),
-        exec_pool_va: board::EXEC_POOL_VA.start..board::EXEC_POOL_VA.end(),
-        exec_frames_pa: board::EXEC_FRAMES.start..board::EXEC_FRAMES.end(),
+        exec_pool_va: memory::plan().exec_pool.start..memory::plan().exec_pool.end(),
+        exec_frames_pa: memory::plan().exec_frames.start..memory::plan().exec_frames.end(),
         fixmap_va: fixmap.start..fixmap.end(),
         active_poke,
         live_packs: &live,

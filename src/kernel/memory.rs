@@ -1,9 +1,19 @@
-//! The kernel image's sections, from the linker script's symbols, and the regions placed after
-//! it (heap).
+//! The memory map of this boot: the kernel image's sections (from the linker script's symbols),
+//! the machine (from the loader's device tree, or the board's static map when there is none) and
+//! where the heap, exec pool, exec frames and fixmap were placed in it.
+
+use core::cell::UnsafeCell;
+use core::fmt;
+
+use spin::Once;
 
 use crate::arch::aarch64::boot::{MAX_CPUS, STACK_GUARD_SIZE, STACK_SIZE};
+use crate::arch::aarch64::cpu;
 use crate::board;
 use crate::layout::Region;
+use crate::machine::dtb::{self, DtbError};
+use crate::machine::plan::{self, MemoryPlan, PlanError};
+use crate::machine::{Machine, Source};
 
 unsafe extern "C" {
     static __kernel_start: u8;
@@ -103,11 +113,176 @@ pub fn bss() -> Region {
     }
 }
 
-/// The heap: the board's heap size, starting at the first 2 MiB boundary after the image (so it can
-/// be mapped with blocks).
-pub fn heap_region() -> Region {
-    // SAFETY: linker-defined symbol; only its address is taken.
-    let end = unsafe { addr(&__kernel_end_exclusive) };
-    let start = end.next_multiple_of(2 << 20);
-    Region::new("heap", start, board::HEAP_SIZE)
+/// Why this boot has no usable memory map: reported in one line, then the kernel stops.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BootError {
+    /// A device tree was found (its magic is there) but cannot be used.
+    DeviceTree {
+        /// Where it is.
+        address: u64,
+        /// What is wrong with it.
+        error: DtbError,
+    },
+    /// The kernel's regions do not fit the machine's memory.
+    Placement {
+        /// Where the map came from.
+        source: Source,
+        /// Why.
+        error: PlanError,
+    },
+}
+
+impl fmt::Display for BootError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::DeviceTree { address, error } => {
+                write!(f, "device tree at {address:#x}: {error}")
+            }
+            Self::Placement { source, error } => write!(f, "memory map ({source}): {error}"),
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::DeviceTree { address, size } => {
+                write!(f, "device tree at {address:#x}, {size} bytes")
+            }
+            Self::Static => write!(
+                f,
+                "static map of board {} (no device tree found)",
+                board::NAME
+            ),
+        }
+    }
+}
+
+/// Where a device tree copy goes when its property names need filtering (`machine::dtb`): the
+/// firmware's Raspberry Pi 4 trees are about 55 KiB.
+const DTB_SCRATCH_SIZE: usize = 128 << 10;
+
+struct Scratch(UnsafeCell<[u8; DTB_SCRATCH_SIZE]>);
+
+// SAFETY: used once, by CPU 0, before any other CPU runs (`discover`).
+unsafe impl Sync for Scratch {}
+
+static DTB_SCRATCH: Scratch = Scratch(UnsafeCell::new([0; DTB_SCRATCH_SIZE]));
+
+/// The device tree the loader left: at `x0` if it points to one, else at the board's probe address.
+/// A candidate is read only if it is 8-byte aligned inside the RAM every variant of the board has
+/// (so looking never faults, even with the MMU off); `None` if no candidate has the FDT magic.
+/// Returns the tree's address and size.
+fn find_device_tree(x0: u64) -> Result<Option<(u64, u64)>, BootError> {
+    let ram = board::STATIC_RAM;
+    for address in [Some(x0).filter(|&a| a != 0), board::DEVICE_TREE_PROBE]
+        .into_iter()
+        .flatten()
+    {
+        if !address.is_multiple_of(8) || !ram.contains(address) || ram.end() - address < 8 {
+            continue;
+        }
+        let mut prefix = [0; dtb::HEADER_PREFIX];
+        // SAFETY: 8 bytes of RAM every board of this kind has; the MMU is off.
+        unsafe { cpu::copy_from_physical(&mut prefix, address) };
+        let size = match dtb::total_size(prefix) {
+            Ok(size) => u64::from(size),
+            Err(DtbError::BadMagic(_)) => continue,
+            Err(error) => return Err(BootError::DeviceTree { address, error }),
+        };
+        if size > ram.end() - address {
+            let available = ram.end() - address;
+            let error = DtbError::Truncated { size, available };
+            return Err(BootError::DeviceTree { address, error });
+        }
+        return Ok(Some((address, size)));
+    }
+    Ok(None)
+}
+
+/// Reads the machine from the loader's device tree (or the board's static map) and places the
+/// kernel's regions in it. Runs once, on CPU 0, with the MMU off and before the heap exists.
+pub fn discover(x0: u64) -> Result<(Machine, MemoryPlan), BootError> {
+    let machine = match find_device_tree(x0)? {
+        Some((address, size)) => read_device_tree(address, size)?,
+        None => board::static_machine(),
+    };
+    let image = KernelImage::current();
+    let plan = plan::place(
+        &machine,
+        image.all(),
+        image.text,
+        &devices(&machine),
+        &board::NEEDS,
+    )
+    .map_err(|error| BootError::Placement {
+        source: machine.source,
+        error,
+    })?;
+    Ok((machine, plan))
+}
+
+/// Reads the tree at `address`: in place, or from a copy where it sits at address 0 (no Rust
+/// reference can point there) or its property names need filtering (`machine::dtb`).
+fn read_device_tree(address: u64, size: u64) -> Result<Machine, BootError> {
+    // SAFETY: this runs once, on CPU 0 alone (see `Scratch`); nothing else uses the buffer.
+    let scratch = unsafe { &mut *DTB_SCRATCH.0.get() };
+    let error = |error| BootError::DeviceTree { address, error };
+    if address == 0 {
+        let available = scratch.len() as u64;
+        let copy = scratch
+            .get_mut(..size as usize)
+            .ok_or(error(DtbError::Truncated { size, available }))?;
+        // SAFETY: `find_device_tree` checked the tree lies in RAM; the MMU is off.
+        unsafe { cpu::copy_from_physical(copy, 0) };
+        return dtb::read_copy(copy, address).map_err(error);
+    }
+    // SAFETY: a non-null range of RAM (checked by `find_device_tree`) holding the loader's tree,
+    // which nothing writes while the kernel runs: the memory map leaves it alone.
+    let blob = unsafe { core::slice::from_raw_parts(address as *const u8, size as usize) };
+    dtb::read(blob, address, scratch).map_err(error)
+}
+
+/// Every MMIO region the kernel maps: the console UART, the GIC, and the board's own.
+pub fn devices(machine: &Machine) -> arrayvec::ArrayVec<Region, 8> {
+    let mut devices = arrayvec::ArrayVec::new();
+    devices.push(machine.uart.unwrap_or(board::UART));
+    if let Some(gic) = machine.gic {
+        devices.extend(gic.regions());
+    }
+    for device in board::OTHER_DEVICES.iter().take(5) {
+        devices.push(*device);
+    }
+    devices
+}
+
+/// This boot's machine and memory plan.
+pub struct BootMap {
+    /// The machine.
+    pub machine: Machine,
+    /// Where the kernel's regions are.
+    pub plan: MemoryPlan,
+}
+
+static MAP: Once<BootMap> = Once::new();
+
+/// Keeps the map for the rest of the run. Called once the MMU is on (a `Once` needs atomics).
+pub(crate) fn publish(machine: Machine, plan: MemoryPlan) {
+    MAP.call_once(|| BootMap { machine, plan });
+}
+
+/// This boot's memory map.
+pub fn map() -> &'static BootMap {
+    MAP.get()
+        .expect("the memory map is published at boot, before any kernel main runs")
+}
+
+/// The regions the kernel placed.
+pub fn plan() -> &'static MemoryPlan {
+    &map().plan
+}
+
+/// The machine.
+pub fn machine() -> &'static Machine {
+    &map().machine
 }

@@ -1,4 +1,5 @@
-//! The kernel's address space, built once at boot from the board's memory map and the linked image,
+//! The kernel's address space, built once at boot from the memory map (`kernel::memory`: the device
+//! tree's, placed by `machine::plan`) and the linked image,
 //! then switched on with `SCTLR_EL1.WXN` set.
 //!
 //! ```text
@@ -16,7 +17,8 @@
 //!  │ kernel .data/.bss    │ RW, XN
 //!  │ guard | stack (×4)   │ guard unmapped; stack RW, XN
 //!  │ heap                 │ RW, XN (2 MiB blocks)
-//!  │ rest of RAM          │ RW, XN — except the exec frames, which are mapped nowhere
+//!  │ rest of RAM          │ RW, XN — except the exec frames, which are mapped nowhere, and
+//!  │                      │ reserved memory and the device tree, which are left alone
 //!  └──────────────────────┘
 //! ```
 
@@ -29,6 +31,8 @@ use crate::arch::aarch64::{cpu, mmu as hw};
 use crate::board;
 use crate::kernel::memory::{self, KernelImage};
 use crate::layout::{self, Region, Size};
+use crate::machine::Machine;
+use crate::machine::plan::MemoryPlan;
 use crate::mmu::{AddressSpace, El1And0, Granularity, MapError, NoMaintenance, Role};
 
 /// The live kernel tables. Changes go through [`with_tables`] with [`hw::BroadcastTlb`].
@@ -94,27 +98,28 @@ impl fmt::Display for LayoutError {
 
 /// The poke slot of `cpu` in the fixmap window.
 pub fn fixmap_poke_slot(cpu: usize) -> u64 {
-    board::FIXMAP_VA.start + (cpu as u64) * crate::mmu::PAGE_SIZE
+    memory::plan().fixmap.start + (cpu as u64) * crate::mmu::PAGE_SIZE
 }
 
 /// The 2 MiB block of the fixmap window used to fill a fresh pack before it is mapped executable.
 pub fn fixmap_fill_block() -> u64 {
-    board::FIXMAP_VA.start + crate::mmu::BLOCK_SIZE_2M
+    memory::plan().fixmap.start + crate::mmu::BLOCK_SIZE_2M
 }
 
-/// Checks the board's exec layout against the linked kernel: alignment, branch reach, no overlap.
-pub fn check_exec_layout(image: &KernelImage) -> Result<(), LayoutError> {
-    let pool = board::EXEC_POOL_VA;
-    let frames = board::EXEC_FRAMES;
-    let fixmap = board::FIXMAP_VA;
-    for region in [pool, frames, fixmap] {
+/// Checks the placed exec layout against the linked kernel: alignment, branch reach, no overlap.
+/// The placement guarantees all of it; this is the boot-time check that the two agree.
+pub fn check_exec_layout(image: &KernelImage, plan: &MemoryPlan) -> Result<(), LayoutError> {
+    let pool = plan.exec_pool;
+    let frames = plan.exec_frames;
+    let fixmap = plan.fixmap;
+    for region in [pool, frames, fixmap, plan.heap] {
         if !region.start.is_multiple_of(crate::mmu::BLOCK_SIZE_2M)
             || !region.size.is_multiple_of(crate::mmu::BLOCK_SIZE_2M)
         {
             return Err(LayoutError::NotBlockAligned(region));
         }
     }
-    if pool.size / crate::mmu::BLOCK_SIZE_2M > 64 {
+    if pool.size / crate::mmu::BLOCK_SIZE_2M > super::exec_pool::MAX_PACKS as u64 {
         return Err(LayoutError::PoolTooLarge(pool));
     }
     if fixmap.size < 2 * crate::mmu::BLOCK_SIZE_2M {
@@ -126,12 +131,7 @@ pub fn check_exec_layout(image: &KernelImage) -> Result<(), LayoutError> {
             text: image.text,
         });
     }
-    let ram = board::RAM;
-    if frames.start < ram.start || frames.end() > ram.end() {
-        return Err(LayoutError::OutsideRam(frames));
-    }
-    let heap = memory::heap_region();
-    let fixed = [image.all(), heap, pool, fixmap];
+    let fixed = [image.all(), plan.heap, pool, fixmap];
     for (i, a) in fixed.iter().enumerate() {
         for b in &fixed[i + 1..] {
             if a.overlaps(b) {
@@ -143,11 +143,18 @@ pub fn check_exec_layout(image: &KernelImage) -> Result<(), LayoutError> {
             return Err(LayoutError::Overlap(*a, frames));
         }
     }
+    if let Some(ram) = plan.free_ram.iter().find(|r| r.overlaps(&frames)) {
+        return Err(LayoutError::Overlap(*ram, frames));
+    }
     Ok(())
 }
 
 /// The boot-time map: every region, its role, and how it is cut into descriptors.
-fn boot_plan(image: &KernelImage) -> Vec<(Region, Role, Granularity)> {
+fn boot_plan(
+    image: &KernelImage,
+    machine: &Machine,
+    placed: &MemoryPlan,
+) -> Vec<(Region, Role, Granularity)> {
     let mut plan = alloc::vec![
         (image.text, Role::Code, Granularity::Pages),
         (image.rodata, Role::Rodata, Granularity::Pages),
@@ -158,23 +165,13 @@ fn boot_plan(image: &KernelImage) -> Vec<(Region, Role, Granularity)> {
         stack.name = "boot stack";
         plan.push((stack, Role::Data, Granularity::Pages));
     }
-    let heap = memory::heap_region();
-    plan.push((heap, Role::Data, Granularity::Auto));
-    // The rest of RAM, minus what must not be reachable through a writable identity alias (exec
-    // frames), VAs used for something else (pool, fixmap), and the null page.
-    let holes = [
-        Region::from_bounds("kernel", image.text.start, image.stacks.end()),
-        heap,
-        board::EXEC_FRAMES,
-        board::EXEC_POOL_VA,
-        board::FIXMAP_VA,
-        Region::new("null page", 0, crate::mmu::PAGE_SIZE),
-    ];
-    for mut part in layout::subtract(board::RAM, &holes) {
-        part.name = "RAM";
-        plan.push((part, Role::Data, Granularity::Auto));
+    plan.push((placed.heap, Role::Data, Granularity::Auto));
+    // The rest of RAM: the placement left out the exec frames (no writable identity alias), the
+    // pool and fixmap windows, reserved memory and the null page.
+    for part in &placed.free_ram {
+        plan.push((*part, Role::Data, Granularity::Auto));
     }
-    for device in board::DEVICES {
+    for device in memory::devices(machine) {
         let page = crate::mmu::PAGE_SIZE;
         let start = device.start / page * page;
         let end = device.end().next_multiple_of(page);
@@ -188,11 +185,12 @@ fn boot_plan(image: &KernelImage) -> Vec<(Region, Role, Granularity)> {
 }
 
 /// Builds the kernel tables and turns the MMU on. Runs once, on CPU 0, with the MMU off.
-pub fn init() -> Result<(), LayoutError> {
+pub fn init(machine: &Machine, placed: &MemoryPlan) -> Result<(), LayoutError> {
     let image = KernelImage::current();
-    check_exec_layout(&image)?;
-    let plan = boot_plan(&image);
-    let mut tables = AddressSpace::<El1And0>::new().map_err(|e| LayoutError::Map(board::RAM, e))?;
+    check_exec_layout(&image, placed)?;
+    let plan = boot_plan(&image, machine, placed);
+    let mut tables =
+        AddressSpace::<El1And0>::new().map_err(|e| LayoutError::Map(placed.heap, e))?;
     // The tables are not live yet: no TLB maintenance is needed while building them.
     let mut not_live = NoMaintenance;
     for &(region, role, granularity) in &plan {
@@ -211,19 +209,22 @@ pub fn init() -> Result<(), LayoutError> {
     // leaf entry and never allocates.
     let slots = Region::new(
         "fixmap poke slots",
-        board::FIXMAP_VA.start,
+        placed.fixmap.start,
         board::CPUS as u64 * crate::mmu::PAGE_SIZE,
     );
     tables
         .reserve_pages(slots.start, slots.size, &mut not_live)
         .map_err(|e| LayoutError::Map(slots, e))?;
 
-    let written = image.text.start..memory::heap_region().end();
+    let written = [
+        image.text.start..image.all().end(),
+        placed.heap.start..placed.heap.end(),
+    ];
     // SAFETY: the plan identity-maps the whole kernel image (this code, its data, every boot
     // stack), the heap holding the tables, and the console UART; later changes go through
     // `with_tables` and BroadcastTlb. The MMU is still off: this is the one call. `written` covers
     // everything stored to since reset (.data/.bss, stacks, heap).
-    unsafe { hw::enable(tables.root_pa(), cpu::midr(), written) }.map_err(LayoutError::Cpu)?;
+    unsafe { hw::enable(tables.root_pa(), cpu::midr(), &written) }.map_err(LayoutError::Cpu)?;
     // Memory is Normal cacheable now: exclusives work.
     super::set_locks_ready();
     *TABLES.lock() = Some(tables);
@@ -278,7 +279,7 @@ pub fn live_runs() -> Vec<LiveRun> {
         let visit = |leaf: &crate::mmu::Leaf<El1And0>| {
             let name = name_of(leaf.va);
             // Code and ExecPool have the same bits; the window tells them apart.
-            let role = if board::EXEC_POOL_VA.contains(leaf.va) {
+            let role = if memory::plan().exec_pool.contains(leaf.va) {
                 Some(Role::ExecPool)
             } else {
                 leaf.attrs.role()
@@ -315,10 +316,10 @@ pub fn live_runs() -> Vec<LiveRun> {
 
 /// What the boot plan or the manager's windows call the region holding `va`.
 fn name_of(va: u64) -> &'static str {
-    if board::EXEC_POOL_VA.contains(va) {
+    if memory::plan().exec_pool.contains(va) {
         return "exec pack";
     }
-    if board::FIXMAP_VA.contains(va) {
+    if memory::plan().fixmap.contains(va) {
         return "fixmap";
     }
     boot_mappings()
@@ -364,7 +365,7 @@ pub fn print_layout() {
             Size(guard.size)
         );
     }
-    let fixmap = board::FIXMAP_VA;
+    let fixmap = memory::plan().fixmap;
     crate::println!(
         "  {:#012x}..{:#012x} {:>9}  fixmap: {} poke slots + pack-fill block, valid only during a poke or fill",
         fixmap.start,
@@ -372,7 +373,7 @@ pub fn print_layout() {
         Size(fixmap.size),
         board::CPUS
     );
-    let pool = board::EXEC_POOL_VA;
+    let pool = memory::plan().exec_pool;
     crate::println!(
         "  {:#012x}..{:#012x} {:>9}  exec pool: {} packs of 2 MiB, each mapped RO + X by one L2 block while in use",
         pool.start,
@@ -380,7 +381,7 @@ pub fn print_layout() {
         Size(pool.size),
         pool.size >> 21
     );
-    let frames = board::EXEC_FRAMES;
+    let frames = memory::plan().exec_frames;
     crate::println!(
         "  {:#012x}..{:#012x} {:>9}  exec frames (PA): no identity mapping; reachable only through pack blocks",
         frames.start,

@@ -27,6 +27,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use spin::Once;
 
 use crate::arch::aarch64::cpu;
+use crate::board;
 
 /// Facts about this boot, for the report and for tests.
 #[derive(Clone, Copy, Debug)]
@@ -73,12 +74,15 @@ extern "C" fn kernel_entry(dtb: u64, entry_el: u64) -> ! {
     start(dtb, entry_el as u8)
 }
 
-fn start(dtb: u64, entry_el: u8) -> ! {
+fn start(x0: u64, entry_el: u8) -> ! {
     // Until mmu::init has turned the MMU on: no locks, no atomic read-modify-write (LOCKS_READY).
-    console::init();
-    // SAFETY: the heap region lies after the kernel image in RAM and nothing else uses it
-    // (memory::heap_region); this is the only call.
-    unsafe { heap::init(memory::heap_region()) };
+    let discovered = memory::discover(x0);
+    let uart = discovered.as_ref().ok().and_then(|(m, _)| m.uart);
+    console::init(uart.unwrap_or(board::UART));
+    let (machine, plan) = discovered.unwrap_or_else(|e| boot_error(format_args!("{e}")));
+    // SAFETY: the plan placed the heap in free RAM, apart from the image, the device tree, reserved
+    // memory and everything else it placed; this is the only call.
+    unsafe { heap::init(plan.heap) };
     assert_eq!(cpu::current_el(), 1, "boot code must leave us at EL1");
     let stacks = memory::KernelImage::current().stacks.size;
     let expected = memory::KernelImage::stacks_size();
@@ -86,15 +90,22 @@ fn start(dtb: u64, entry_el: u8) -> ! {
         stacks, expected,
         "linker.ld's .stacks must match arch::aarch64::boot's stack constants"
     );
-    if let Err(e) = mmu::init() {
-        panic!("address space: {e}");
+    if let Err(e) = mmu::init(&machine, &plan) {
+        boot_error(format_args!("address space: {e}"));
     }
-    BOOT_INFO.call_once(|| BootInfo { entry_el, dtb });
+    memory::publish(machine, plan);
+    BOOT_INFO.call_once(|| BootInfo { entry_el, dtb: x0 });
     exec_pool::init();
     poke::init();
     // SAFETY: defined by the binary through `entry!`, with the signature declared above.
     unsafe { __execmem_main() };
     exit(true)
+}
+
+/// A boot that cannot go on: one line on the console, then the run ends with failure.
+fn boot_error(what: core::fmt::Arguments<'_>) -> ! {
+    console::write_fmt_emergency(format_args!("execmem: boot error: {what}\n"));
+    exit(false)
 }
 
 /// Ends the run: under QEMU (feature `qemu`) through semihosting with the verdict as exit status;

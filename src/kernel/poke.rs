@@ -14,7 +14,7 @@ use spin::Mutex;
 
 use crate::arch::aarch64::{cache, cpu, mmu::BroadcastTlb};
 use crate::board;
-use crate::kernel::{exec_pool, mmu};
+use crate::kernel::{exec_pool, memory, mmu};
 use crate::mmu::{AddressSpace, El1And0, PAGE_SIZE, Role, TlbMaintenance};
 use crate::poke::{self, ExecRegion, INSN_BYTES, PokeError};
 
@@ -50,7 +50,7 @@ pub fn alias_maps() -> usize {
 /// The pack position of the pool window holding `dst` (address arithmetic only; whether it is
 /// mapped is checked once, under the pool's records lock, by the write itself).
 fn pack_of(dst: u64) -> Result<ExecRegion, PokeError> {
-    let pool = board::EXEC_POOL_VA;
+    let pool = memory::plan().exec_pool;
     if !pool.contains(dst) {
         return Err(PokeError::NotExecMemory { addr: dst });
     }

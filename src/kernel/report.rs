@@ -2,8 +2,12 @@
 
 use crate::arch::aarch64::cpu;
 use crate::board;
+use alloc::string::String;
+use alloc::vec::Vec;
+
 use crate::kernel::{boot_info, heap, memory};
-use crate::layout::Region;
+use crate::layout::{Region, Size};
+use crate::machine::{EnableMethod, Gic, PsciConduit};
 use crate::println;
 
 /// Prints the boot report.
@@ -28,8 +32,20 @@ pub fn print_boot_report() {
         board::CPUS
     );
     println!("  caches: {}", cpu::cache_type());
-    println!("memory map:");
-    print_region(board::RAM);
+    let machine = memory::machine();
+    let plan = memory::plan();
+    println!("memory map from the {}:", machine.source);
+    for bank in &machine.ram {
+        println!("  {bank}");
+    }
+    println!(
+        "  RAM: {} in {} bank(s)",
+        Size(machine.ram_size()),
+        machine.ram.len()
+    );
+    for reserved in &machine.reserved {
+        println!("  {reserved}  (left alone)");
+    }
     let image = memory::KernelImage::current();
     for region in [
         image.text,
@@ -40,12 +56,54 @@ pub fn print_boot_report() {
     ] {
         print_region(region);
     }
-    let heap = memory::heap_region();
     let (used, total) = heap::usage();
-    println!("  {heap}  ({used} of {total} bytes in use)");
-    for device in board::DEVICES {
-        print_region(*device);
+    println!("  {}  ({used} of {total} bytes in use)", plan.heap);
+    print_region(plan.exec_pool);
+    print_region(plan.exec_frames);
+    print_region(plan.fixmap);
+    for device in memory::devices(machine) {
+        print_region(device);
     }
+    let mpidrs: Vec<String> = machine
+        .cpus
+        .iter()
+        .map(|c| alloc::format!("{:#x}", c.mpidr))
+        .collect();
+    println!(
+        "  cpus: {} in the map (MPIDR {}), enable method {}; the kernel runs up to {}",
+        machine.cpus.len(),
+        mpidrs.join(", "),
+        match machine
+            .cpus
+            .get(1)
+            .or(machine.cpus.first())
+            .map(|c| c.enable)
+        {
+            Some(EnableMethod::Psci) => "PSCI",
+            Some(EnableMethod::SpinTable(_)) => "spin table",
+            _ => "none named",
+        },
+        board::CPUS
+    );
+    println!(
+        "  gic: {}, psci: {}, timer: {} Hz ({})",
+        match machine.gic {
+            Some(Gic::V2 { .. }) => "GICv2",
+            Some(Gic::V3 { .. }) => "GICv3",
+            None => "none",
+        },
+        match machine.psci {
+            Some(PsciConduit::Hvc) => "hvc",
+            Some(PsciConduit::Smc) => "smc",
+            None => "none",
+        },
+        cpu::timer_frequency(),
+        match machine.timer_hz {
+            Some(hz) if u64::from(hz) == cpu::timer_frequency() => "CNTFRQ_EL0, as the tree says",
+            Some(_) => "CNTFRQ_EL0; the tree says otherwise",
+            None => "CNTFRQ_EL0",
+        }
+    );
 }
 
 fn print_region(region: Region) {

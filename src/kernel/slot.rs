@@ -18,8 +18,7 @@ use core::fmt;
 
 use spin::{Mutex, Once};
 
-use crate::board;
-use crate::kernel::{exec_pool, poke};
+use crate::kernel::{exec_pool, memory, poke};
 use crate::pack::{
     AllocError, BackendError, MAX_PACKS, PACK_SIZE, PackAllocator, PackBackend, Slot, Stats,
 };
@@ -107,7 +106,7 @@ static ALLOCATOR: Once<Mutex<PackAllocator<PoolBackend>>> = Once::new();
 
 fn allocator() -> &'static Mutex<PackAllocator<PoolBackend>> {
     ALLOCATOR.call_once(|| {
-        let pool = board::EXEC_POOL_VA;
+        let pool = memory::plan().exec_pool;
         let packs = (pool.size / PACK_SIZE as u64) as usize;
         Mutex::new(
             PackAllocator::new(PoolBackend, pool.start, packs)

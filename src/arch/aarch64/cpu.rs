@@ -1,6 +1,6 @@
 //! Identity and state of the running CPU, read from system registers.
 
-use aarch64_cpu::registers::{CurrentEL, MIDR_EL1, MPIDR_EL1, Readable};
+use aarch64_cpu::registers::{CNTFRQ_EL0, CurrentEL, MIDR_EL1, MPIDR_EL1, Readable};
 
 use crate::cpu::{CacheType, Midr};
 
@@ -23,6 +23,38 @@ pub fn ctr_el0() -> u64 {
         core::arch::asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack, preserves_flags))
     };
     ctr
+}
+
+/// The generic timer's frequency in Hz (CNTFRQ_EL0, which only the highest exception level can set).
+pub fn timer_frequency() -> u64 {
+    CNTFRQ_EL0.get()
+}
+
+/// Copies `dst.len()` bytes from physical address `pa` with byte loads. For memory that Rust cannot
+/// point at: address 0, where QEMU raspi4b puts the device tree for an ELF kernel, is RAM there,
+/// but a null pointer to Rust.
+///
+/// # Safety
+/// The MMU must be off (or `pa` identity-mapped), and `pa .. pa + dst.len()` must be readable
+/// memory that nothing writes meanwhile.
+pub unsafe fn copy_from_physical(dst: &mut [u8], pa: u64) {
+    if dst.is_empty() {
+        return;
+    }
+    // SAFETY: forwarded to the caller: the source range is readable; `dst` is ours to write.
+    unsafe {
+        core::arch::asm!(
+            "1: ldrb {byte:w}, [{src}], #1",
+            "strb {byte:w}, [{dst}], #1",
+            "subs {left}, {left}, #1",
+            "b.ne 1b",
+            src = inout(reg) pa => _,
+            dst = inout(reg) dst.as_mut_ptr() => _,
+            left = inout(reg) dst.len() => _,
+            byte = out(reg) _,
+            options(nostack)
+        )
+    };
 }
 
 /// The current exception level (0..=3).

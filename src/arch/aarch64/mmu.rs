@@ -39,7 +39,7 @@ fn needs_repeat_tlbi(midr: Midr) -> bool {
 pub unsafe fn enable(
     root_pa: u64,
     midr: Midr,
-    written: core::ops::Range<u64>,
+    written: &[core::ops::Range<u64>],
 ) -> Result<(), &'static str> {
     if ID_AA64MMFR0_EL1.read(ID_AA64MMFR0_EL1::TGran4) == 0xf {
         return Err("this CPU does not implement the 4 KiB translation granule");
@@ -50,12 +50,14 @@ pub unsafe fn enable(
     }
 
     let line = crate::arch::aarch64::cpu::cache_type().d_line as u64;
-    let mut at = written.start / line * line;
-    while at < written.end {
-        // SAFETY: with the MMU off every address is accessible; the lines are discarded, and the
-        // memory behind them already holds what was written (non-cacheable stores).
-        unsafe { asm!("dc ivac, {at}", at = in(reg) at, options(nostack, preserves_flags)) };
-        at += line;
+    for range in written {
+        let mut at = range.start / line * line;
+        while at < range.end {
+            // SAFETY: with the MMU off every address is accessible; the lines are discarded, and
+            // the memory behind them already holds what was written (non-cacheable stores).
+            unsafe { asm!("dc ivac, {at}", at = in(reg) at, options(nostack, preserves_flags)) };
+            at += line;
+        }
     }
     barrier::dsb(barrier::SY);
 

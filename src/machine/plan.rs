@@ -1,0 +1,270 @@
+//! Where the kernel's own regions go in the machine's memory: the exec pool window (within one `BL`
+//! of kernel text, both ways), the fixmap window beside it, the heap, and the exec frames behind
+//! the packs; and what RAM is left to map as ordinary data. Nothing is placed over the kernel image,
+//! reserved memory, the device tree, the devices the kernel maps, or the null page.
+
+use core::fmt;
+
+use arrayvec::ArrayVec;
+
+use super::Machine;
+use crate::layout::{self, Region, Size};
+
+const PAGE: u64 = 4 << 10;
+const BLOCK: u64 = 2 << 20;
+/// Pieces of RAM left to map (each reserved range or placed region splits at most one in two).
+pub const MAX_PIECES: usize = 48;
+
+/// What the manager and the runtime need, in bytes (each a multiple of 2 MiB).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Needs {
+    /// The kernel heap.
+    pub heap: u64,
+    /// The exec pool's VA window (one 2 MiB pack per block).
+    pub pool: u64,
+    /// The fixmap window: the poke slots' 2 MiB, then the pack-fill block.
+    pub fixmap: u64,
+    /// The fewest bytes of exec frames the manager runs with.
+    pub min_frames: u64,
+}
+
+/// The kernel's regions, placed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryPlan {
+    /// The kernel heap (RAM, mapped RW + XN).
+    pub heap: Region,
+    /// The exec pool's VA window (packs mapped RO + X, one L2 block each, while in use).
+    pub exec_pool: Region,
+    /// The physical frames behind the packs: never identity-mapped. When the pool window lies over
+    /// free RAM (a board whose RAM starts at 0), these are that RAM, at the same addresses.
+    pub exec_frames: Region,
+    /// The fixmap window (poke slots, then the fill block); never mapped but during a poke or fill.
+    pub fixmap: Region,
+    /// RAM left for ordinary data mappings (RW + XN), in address order.
+    pub free_ram: ArrayVec<Region, MAX_PIECES>,
+}
+
+/// Why the kernel's regions do not fit the machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanError {
+    /// The kernel image does not lie inside one RAM bank.
+    ImageOutsideRam(Region),
+    /// A reserved range covers part of the kernel image.
+    ImageOverlapsReserved {
+        /// The image.
+        image: Region,
+        /// The reserved range.
+        reserved: Region,
+    },
+    /// No 2 MiB-aligned window for pool and fixmap within one `BL` of the kernel text.
+    NoPoolWindow {
+        /// The kernel text.
+        text: Region,
+        /// Bytes the window needs.
+        need: u64,
+    },
+    /// No 2 MiB-aligned free RAM for the heap.
+    NoRoomForHeap {
+        /// Bytes needed.
+        need: u64,
+    },
+    /// Too little 2 MiB-aligned free RAM for the exec frames.
+    NoRoomForFrames {
+        /// The fewest bytes the manager runs with.
+        need: u64,
+        /// The largest aligned free range left.
+        largest: u64,
+    },
+    /// RAM is cut into more pieces than the plan records.
+    TooFragmented,
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ImageOutsideRam(image) => {
+                write!(f, "the kernel image {image} is not inside RAM")
+            }
+            Self::ImageOverlapsReserved { image, reserved } => write!(
+                f,
+                "the kernel image {image} overlaps reserved memory {reserved}"
+            ),
+            Self::NoPoolWindow { text, need } => write!(
+                f,
+                "no free {} window within one BL of {text} for the exec pool and fixmap",
+                Size(*need)
+            ),
+            Self::NoRoomForHeap { need } => write!(
+                f,
+                "RAM too small: no 2 MiB-aligned {} left for the heap",
+                Size(*need)
+            ),
+            Self::NoRoomForFrames { need, largest } => write!(
+                f,
+                "RAM too small: the exec frames need {}, the largest aligned free range is {}",
+                Size(*need),
+                Size(*largest)
+            ),
+            Self::TooFragmented => f.write_str("RAM is cut into too many pieces"),
+        }
+    }
+}
+
+/// Places the kernel's regions in `machine`'s memory.
+///
+/// `image` is the linked kernel (text first), `text` its code, `devices` every MMIO region the
+/// kernel will map (the pool window must not shadow them).
+pub fn place(
+    machine: &Machine,
+    image: Region,
+    text: Region,
+    devices: &[Region],
+    needs: &Needs,
+) -> Result<MemoryPlan, PlanError> {
+    if !machine
+        .ram
+        .iter()
+        .any(|bank| bank.start <= image.start && image.end() <= bank.end())
+    {
+        return Err(PlanError::ImageOutsideRam(image));
+    }
+    if let Some(reserved) = machine.reserved.iter().find(|r| r.overlaps(&image)) {
+        return Err(PlanError::ImageOverlapsReserved {
+            image,
+            reserved: *reserved,
+        });
+    }
+    let mut taken: ArrayVec<Region, { super::MAX_RESERVED + 2 }> = ArrayVec::new();
+    taken.push(round_out(image, PAGE));
+    taken.push(Region::new("null page", 0, PAGE));
+    taken.extend(machine.reserved.iter().map(|r| round_out(*r, PAGE)));
+    let free =
+        layout::subtract::<MAX_PIECES>(&machine.ram, &taken).ok_or(PlanError::TooFragmented)?;
+
+    let (fixmap, exec_pool, over_ram) = pool_window(machine, &free, &taken, text, devices, needs)?;
+    let free = if over_ram {
+        layout::subtract::<MAX_PIECES>(&free, &[fixmap, exec_pool])
+            .ok_or(PlanError::TooFragmented)?
+    } else {
+        free
+    };
+
+    let heap = aligned_fit(&free, needs.heap, image.end())
+        .map(|start| Region::new("heap", start, needs.heap))
+        .ok_or(PlanError::NoRoomForHeap { need: needs.heap })?;
+    let free = layout::subtract::<MAX_PIECES>(&free, &[heap]).ok_or(PlanError::TooFragmented)?;
+
+    let (exec_frames, free) = if over_ram {
+        (
+            Region::new("exec frames (PA)", exec_pool.start, exec_pool.size),
+            free,
+        )
+    } else {
+        // The highest, largest aligned range, up to one frame per pack.
+        let best = free
+            .iter()
+            .map(|r| round_in(*r, BLOCK))
+            .max_by_key(|r| (r.size, r.start))
+            .unwrap_or(Region::new("", 0, 0));
+        let size = best.size.min(exec_pool.size);
+        if size < needs.min_frames {
+            return Err(PlanError::NoRoomForFrames {
+                need: needs.min_frames,
+                largest: best.size,
+            });
+        }
+        let frames = Region::new("exec frames (PA)", best.end() - size, size);
+        let free =
+            layout::subtract::<MAX_PIECES>(&free, &[frames]).ok_or(PlanError::TooFragmented)?;
+        (frames, free)
+    };
+
+    let free_ram = free
+        .into_iter()
+        .map(|mut r| {
+            r.name = "RAM";
+            r
+        })
+        .collect();
+    Ok(MemoryPlan {
+        heap,
+        exec_pool,
+        exec_frames,
+        fixmap,
+        free_ram,
+    })
+}
+
+/// The window for fixmap (below) and pool (above), nearest the kernel text: preferably where no
+/// RAM is (no memory is given up), else over free RAM (whose frames then back the pool). Returns
+/// (fixmap, pool, whether the window lies over RAM).
+fn pool_window(
+    machine: &Machine,
+    free: &[Region],
+    taken: &[Region],
+    text: Region,
+    devices: &[Region],
+    needs: &Needs,
+) -> Result<(Region, Region, bool), PlanError> {
+    let size = needs.fixmap + needs.pool;
+    let reach = layout::BRANCH_REACH as u64;
+    let lowest = text
+        .end()
+        .saturating_sub(reach)
+        .next_multiple_of(BLOCK)
+        .max(BLOCK);
+    let highest = (text.start + reach).saturating_sub(size);
+    let mut best: Option<(u8, u64, u64)> = None;
+    let mut base = lowest;
+    while base <= highest {
+        let window = Region::new("window", base, size);
+        let pool = Region::new("exec pool (VA)", base + needs.fixmap, needs.pool);
+        let clear = layout::branch_reaches(&pool, &text)
+            && layout::branch_reaches(&text, &pool)
+            && !taken.iter().chain(devices).any(|r| r.overlaps(&window));
+        let class = if !clear {
+            None
+        } else if !machine.ram.iter().any(|bank| bank.overlaps(&window)) {
+            Some(0)
+        } else if free
+            .iter()
+            .any(|r| r.start <= window.start && window.end() <= r.end())
+        {
+            Some(1)
+        } else {
+            None
+        };
+        if let Some(class) = class {
+            let distance = base.abs_diff(text.start);
+            if best.is_none_or(|(c, d, _)| (class, distance) < (c, d)) {
+                best = Some((class, distance, base));
+            }
+        }
+        base += BLOCK;
+    }
+    let (class, _, base) = best.ok_or(PlanError::NoPoolWindow { text, need: size })?;
+    Ok((
+        Region::new("fixmap (VA)", base, needs.fixmap),
+        Region::new("exec pool (VA)", base + needs.fixmap, needs.pool),
+        class == 1,
+    ))
+}
+
+/// The lowest 2 MiB-aligned start of `size` free bytes at or above `from`, else the lowest anywhere.
+fn aligned_fit(free: &[Region], size: u64, from: u64) -> Option<u64> {
+    let fits = |r: &Region, at_least: u64| {
+        let start = r.start.max(at_least).next_multiple_of(BLOCK);
+        (start + size <= r.end()).then_some(start)
+    };
+    free.iter()
+        .find_map(|r| fits(r, from))
+        .or_else(|| free.iter().find_map(|r| fits(r, 0)))
+}
+
+fn round_out(r: Region, to: u64) -> Region {
+    Region::from_bounds(r.name, r.start / to * to, r.end().next_multiple_of(to))
+}
+
+fn round_in(r: Region, to: u64) -> Region {
+    Region::from_bounds(r.name, r.start.next_multiple_of(to), r.end() / to * to)
+}
