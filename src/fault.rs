@@ -173,6 +173,79 @@ pub enum Access {
     Execute,
 }
 
+/// What an SError's syndrome says (Arm ARM D24.2.40, ESR_ELx ISS encoding for an SError
+/// interrupt). Without FEAT_RAS the ISS is 0 or implementation defined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SErrorSyndrome {
+    /// ISS.IDS = 1: an implementation-defined syndrome (ISS bits [23:0]).
+    ImplementationDefined(u32),
+    /// The architected syndrome.
+    Architected {
+        /// ISS.AET [12:10]: how bad the error is, where DFSC says "asynchronous SError".
+        severity: Option<&'static str>,
+        /// ISS.DFSC [5:0]: 0x00 uncategorized, 0x11 asynchronous SError interrupt.
+        dfsc: u8,
+        /// ISS.EA [9]: external abort type (implementation defined).
+        external_abort_type: bool,
+    },
+}
+
+impl SErrorSyndrome {
+    /// Decodes the ISS of an SError's ESR.
+    pub const fn from_esr(esr: u64) -> Self {
+        let iss = (esr & 0x01ff_ffff) as u32;
+        if iss & (1 << 24) != 0 {
+            return Self::ImplementationDefined(iss & 0x00ff_ffff);
+        }
+        let dfsc = (iss & 0x3f) as u8;
+        let severity = if dfsc == 0x11 {
+            match (iss >> 10) & 0b111 {
+                0b000 => Some("uncontainable"),
+                0b001 => Some("unrecoverable"),
+                0b010 => Some("restartable"),
+                0b011 => Some("recoverable"),
+                0b110 => Some("corrected"),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        Self::Architected {
+            severity,
+            dfsc,
+            external_abort_type: iss & (1 << 9) != 0,
+        }
+    }
+}
+
+impl fmt::Display for SErrorSyndrome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::ImplementationDefined(iss) => {
+                write!(f, "implementation-defined syndrome {iss:#08x}")
+            }
+            Self::Architected {
+                severity,
+                dfsc,
+                external_abort_type,
+            } => {
+                match dfsc {
+                    0x00 => f.write_str("uncategorized")?,
+                    0x11 => f.write_str("asynchronous SError interrupt")?,
+                    other => write!(f, "DFSC {other:#04x}")?,
+                }
+                if let Some(severity) = severity {
+                    write!(f, ", {severity}")?;
+                }
+                if external_abort_type {
+                    f.write_str(", EA")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// One synchronous exception or SError, decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FaultReport {
@@ -223,6 +296,14 @@ impl FaultReport {
         }
     }
 
+    /// For an SError: its syndrome.
+    pub const fn serror(&self) -> Option<SErrorSyndrome> {
+        match self.class() {
+            ExceptionClass::SError => Some(SErrorSyndrome::from_esr(self.esr)),
+            _ => None,
+        }
+    }
+
     /// For BRK, SVC, HVC and SMC: the 16-bit immediate (ISS bits [15:0]).
     pub const fn immediate(&self) -> Option<u16> {
         match self.class() {
@@ -255,6 +336,13 @@ impl fmt::Display for FaultReport {
             } else {
                 f.write_str("an unknown address")?;
             }
+        } else if let Some(syndrome) = self.serror() {
+            // Asynchronous: the PC is where the CPU was when it took it, not what caused it.
+            return write!(
+                f,
+                ": {syndrome}, taken at pc {:#x} (esr {:#010x})",
+                self.elr, self.esr
+            );
         } else if let ExceptionClass::Other(ec) = class {
             write!(f, " class {ec:#04x}")?;
         }
@@ -320,6 +408,37 @@ mod tests {
         let r = report(1 << 25, 0, 0x4020_0000);
         assert_eq!(r.class(), ExceptionClass::Unknown);
         assert!(format!("{r}").starts_with("undefined instruction at pc 0x40200000"));
+    }
+
+    #[test]
+    fn serror_syndromes_are_decoded() {
+        // No syndrome (a CPU without FEAT_RAS, or a virtual SError with VSESR_EL2 = 0).
+        let r = report(0x2f << 26 | 1 << 25, 0, 0x4020_0040);
+        assert_eq!(
+            format!("{r}"),
+            "SError: uncategorized, taken at pc 0x40200040 (esr 0xbe000000)"
+        );
+        // RAS: asynchronous SError, AET = recoverable (0b011), EA set.
+        let esr = 0x2f << 26 | 1 << 25 | 0b011 << 10 | 1 << 9 | 0x11;
+        assert_eq!(
+            report(esr, 0, 0x10).serror(),
+            Some(SErrorSyndrome::Architected {
+                severity: Some("recoverable"),
+                dfsc: 0x11,
+                external_abort_type: true
+            })
+        );
+        assert!(format!("{}", report(esr, 0, 0x10)).starts_with(
+            "SError: asynchronous SError interrupt, recoverable, EA, taken at pc 0x10"
+        ));
+        // IDS: implementation defined.
+        let r = report(0x2f << 26 | 1 << 25 | 1 << 24 | 0x1234, 0, 0);
+        assert_eq!(
+            r.serror(),
+            Some(SErrorSyndrome::ImplementationDefined(0x1234))
+        );
+        assert!(format!("{r}").contains("implementation-defined syndrome 0x001234"));
+        assert_eq!(report(0x25 << 26, 0, 0).serror(), None);
     }
 
     #[test]

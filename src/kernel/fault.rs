@@ -36,8 +36,9 @@ impl Resume {
     }
 }
 
-/// Runs `f`, expecting it may raise one synchronous exception; returns the decoded report of that
-/// exception, or `None` if `f` ran without one. Execution resumes as `resume` says.
+/// Runs `f`, expecting it may raise one synchronous exception or SError; returns the decoded report
+/// of that exception, or `None` if `f` ran without one. After a synchronous exception execution
+/// resumes as `resume` says; after an SError (asynchronous) where it was interrupted.
 pub fn catch(resume: Resume, f: impl FnOnce()) -> Option<FaultReport> {
     *CAUGHT.lock() = None;
     ARMED.store(resume.encode(), Ordering::SeqCst);
@@ -54,11 +55,11 @@ pub(crate) fn on_exception(kind: VectorKind, report: FaultReport, frame: &mut Ex
     // read-modify-write may never complete (see `kernel::locks_ready`).
     let armed = ARMED.load(Ordering::SeqCst);
     ARMED.store(DISARMED, Ordering::SeqCst);
-    let resumable =
-        kind.source() == "current EL, SP_ELx" && report.class() != ExceptionClass::SError;
-    if armed != DISARMED && resumable {
+    if armed != DISARMED && kind.source() == "current EL, SP_ELx" {
         *CAUGHT.lock() = Some(report);
-        if armed == Resume::Skip.encode() {
+        if report.class() == ExceptionClass::SError {
+            // Asynchronous: ELR is where the interrupted code goes on, whatever the policy says.
+        } else if armed == Resume::Skip.encode() {
             frame.elr += 4;
         } else {
             frame.elr = frame.x[30];
@@ -97,7 +98,7 @@ pub(crate) fn on_stack_overflow(kind: VectorKind, sp: u64, report: FaultReport) 
     super::exit(false)
 }
 
-/// IRQ and FIQ: nothing enables them yet, so one arriving is a bug.
+/// IRQ and FIQ: unmasked (IRQ) but no interrupt is enabled at the GIC yet, so one arriving is a bug.
 pub(crate) fn on_interrupt(kind: VectorKind, frame: &mut ExceptionFrame) {
     write_fmt_emergency(format_args!(
         "\n*** unexpected {} ({}) at pc {:#x}\n",

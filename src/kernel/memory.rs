@@ -164,7 +164,8 @@ const DTB_SCRATCH_SIZE: usize = 128 << 10;
 
 struct Scratch(UnsafeCell<[u8; DTB_SCRATCH_SIZE]>);
 
-// SAFETY: used once, by CPU 0, before any other CPU runs (`discover`).
+// SAFETY: used by CPU 0 alone, before any other CPU runs Rust at EL1: at EL3 (`kernel::firmware`,
+// while the other CPUs wait) and again at EL1 (`discover`), one after the other.
 unsafe impl Sync for Scratch {}
 
 static DTB_SCRATCH: Scratch = Scratch(UnsafeCell::new([0; DTB_SCRATCH_SIZE]));
@@ -200,13 +201,19 @@ fn find_device_tree(x0: u64) -> Result<Option<(u64, u64)>, BootError> {
     Ok(None)
 }
 
-/// Reads the machine from the loader's device tree (or the board's static map) and places the
-/// kernel's regions in it. Runs once, on CPU 0, with the MMU off and before the heap exists.
+/// The machine from the loader's device tree, or the board's static map if there is none. Runs on
+/// CPU 0 alone, with the MMU off.
+pub fn read_machine(x0: u64) -> Result<Machine, BootError> {
+    match find_device_tree(x0)? {
+        Some((address, size)) => read_device_tree(address, size),
+        None => Ok(board::static_machine()),
+    }
+}
+
+/// Reads the machine (see [`read_machine`]) and places the kernel's regions in it. Runs once, on
+/// CPU 0, with the MMU off and before the heap exists.
 pub fn discover(x0: u64) -> Result<(Machine, MemoryPlan), BootError> {
-    let machine = match find_device_tree(x0)? {
-        Some((address, size)) => read_device_tree(address, size)?,
-        None => board::static_machine(),
-    };
+    let machine = read_machine(x0)?;
     let image = KernelImage::current();
     let plan = plan::place(
         &machine,
@@ -243,16 +250,21 @@ fn read_device_tree(address: u64, size: u64) -> Result<Machine, BootError> {
     dtb::read(blob, address, scratch).map_err(error)
 }
 
+/// Devices [`devices`] lists: the UART, two GIC regions, and the board's own.
+const MAX_DEVICES: usize = 8;
+const _: () = assert!(
+    board::OTHER_DEVICES.len() <= MAX_DEVICES - 3,
+    "raise MAX_DEVICES"
+);
+
 /// Every MMIO region the kernel maps: the console UART, the GIC, and the board's own.
-pub fn devices(machine: &Machine) -> arrayvec::ArrayVec<Region, 8> {
+pub fn devices(machine: &Machine) -> arrayvec::ArrayVec<Region, MAX_DEVICES> {
     let mut devices = arrayvec::ArrayVec::new();
     devices.push(machine.uart.unwrap_or(board::UART));
     if let Some(gic) = machine.gic {
         devices.extend(gic.regions());
     }
-    for device in board::OTHER_DEVICES.iter().take(5) {
-        devices.push(*device);
-    }
+    devices.extend(board::OTHER_DEVICES.iter().copied());
     devices
 }
 

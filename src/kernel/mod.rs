@@ -9,6 +9,7 @@ pub mod bench;
 pub mod console;
 pub mod exec_pool;
 pub mod fault;
+mod firmware;
 pub mod heap;
 pub mod memory;
 pub mod mmio;
@@ -79,6 +80,9 @@ fn start(x0: u64, entry_el: u8) -> ! {
     let discovered = memory::discover(x0);
     let uart = discovered.as_ref().ok().and_then(|(m, _)| m.uart);
     console::init(uart.unwrap_or(board::UART));
+    // The vectors are in place (boot.s) and the console works: from here an SError is reported
+    // when it happens, not left pending, and IRQs are taken (masked only in critical sections).
+    cpu::unmask_serror_and_irq();
     let (machine, plan) = discovered.unwrap_or_else(|e| boot_error(format_args!("{e}")));
     // SAFETY: the plan placed the heap in free RAM, apart from the image, the device tree, reserved
     // memory and everything else it placed; this is the only call.

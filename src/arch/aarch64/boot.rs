@@ -20,3 +20,37 @@ core::arch::global_asm!(
 #[unsafe(link_section = ".data")]
 pub static SECONDARY_ENTRY: [core::sync::atomic::AtomicU64; MAX_CPUS] =
     [const { core::sync::atomic::AtomicU64::new(0) }; MAX_CPUS];
+
+/// The services of the EL2 stub that boot.s leaves below the kernel when it was entered at EL2 or
+/// EL3 (`HVC #0` with the function in x0; see boot.s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum El2Stub {
+    /// Make a virtual SError pending at EL1 (HCR_EL2.AMO and VSE): it is taken as soon as
+    /// PSTATE.A is clear. Until [`El2Stub::EndVirtualSError`], physical SErrors go to EL2.
+    RaiseVirtualSError = 1,
+    /// Clear HCR_EL2.AMO and VSE: physical SErrors are taken at EL1 again.
+    EndVirtualSError = 2,
+}
+
+/// Whether the EL2 stub is there: the kernel was entered at EL2 or EL3, and the CPU has EL2.
+pub fn el2_stub_present(entry_el: u8) -> bool {
+    use aarch64_cpu::registers::{ID_AA64PFR0_EL1, Readable};
+    // ID_AA64PFR0_EL1.EL2, bits [11:8] (aarch64-cpu names no field for it).
+    entry_el >= 2 && (ID_AA64PFR0_EL1.get() >> 8) & 0xf != 0
+}
+
+/// Calls the EL2 stub; returns 0, or -1 for a function it does not know.
+///
+/// # Safety
+/// The stub must be present ([`el2_stub_present`]). [`El2Stub::RaiseVirtualSError`] raises an
+/// SError at EL1 that the caller must expect, and must be followed by
+/// [`El2Stub::EndVirtualSError`].
+pub unsafe fn el2_stub_call(function: El2Stub) -> i64 {
+    let result: i64;
+    // SAFETY: forwarded to the caller; the stub preserves every register but x0.
+    unsafe {
+        core::arch::asm!("hvc #0", inout("x0") function as u64 => result, options(nostack));
+    }
+    result
+}

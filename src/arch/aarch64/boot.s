@@ -1,5 +1,8 @@
 // Boot: from whatever exception level the firmware or QEMU started us at (EL3, EL2 or EL1) down to
 // EL1, then CPU 0 zeroes .bss, takes its stack and calls `kernel_entry` (Rust). Other CPUs park.
+// Entered at EL3, every CPU first does what firmware would (`el3_firmware_setup`: CNTFRQ_EL0, the
+// GIC's security groups). Entered at EL2 or EL3, EL2 gets a minimal stub (VBAR_EL2), so an HVC from
+// EL1 has somewhere to go: it can raise a virtual SError, which is how the tests provoke one.
 //
 // Register use before Rust runs (no stack yet):
 //   x19 = this CPU's number (MPIDR_EL1.Aff0)     x20 = x0 at entry (device tree pointer, if any)
@@ -11,6 +14,10 @@
 .equ CPTR_EL2_NO_TRAPS, 0x33ff         // RES1 bits [13:12] and [9:0]; TFP (bit 10) = 0: FP not trapped
 .equ CNTHCTL_EL2_EL1_TIMER, 0x3        // EL1PCTEN | EL1PCEN: EL1 may use the physical counter/timer
 .equ SCTLR_EL1_RESET, 0x30d00800       // RES1 bits; MMU, caches and alignment checks off
+.equ SCTLR_EL3_RESET, 0x30c50830       // RES1 bits; MMU, caches and alignment checks off
+.equ HCR_EL2_AMO, (1 << 5)             // physical SErrors to EL2, virtual SErrors to EL1
+.equ HCR_EL2_VSE, (1 << 8)             // a virtual SError is pending
+.equ ESR_EC_HVC64, 0x16
 .equ CPACR_EL1_FPEN, (3 << 20)         // FP/SIMD not trapped at EL1 or EL0
 
 .section .text.boot, "ax"
@@ -28,6 +35,11 @@ _start:
     b       .Lat_el1
 
 .Lfrom_el3:
+    // SCTLR_EL3 resets to UNKNOWN values on hardware: MMU, caches and alignment checks off before
+    // any Rust runs here.
+    ldr     x1, =SCTLR_EL3_RESET
+    msr     sctlr_el3, x1
+    isb
     ldr     x1, =SCR_EL3_VALUE
     msr     scr_el3, x1
     msr     cptr_el3, xzr                   // TFP = 0: FP/SIMD not trapped to EL3
@@ -49,7 +61,16 @@ _start:
     orr     x1, x1, #(1 << 6)               // SMPEN
     msr     S3_1_C15_C2_1, x1
     isb
-1:  // EL2 registers exist only if EL2 is implemented (ID_AA64PFR0_EL1.EL2, bits [11:8]).
+1:  // The firmware's part, on this CPU's boot stack (Rust, MMU off; .bss is not zeroed yet).
+    cmp     x19, #{MAX_CPUS}
+    b.hs    4f
+    mov     x0, x19
+    bl      .Lstack_top_for_cpu
+    mov     sp, x0
+    mov     x0, x19
+    mov     x1, x20
+    bl      el3_firmware_setup
+4:  // EL2 registers exist only if EL2 is implemented (ID_AA64PFR0_EL1.EL2, bits [11:8]).
     mrs     x1, id_aa64pfr0_el1
     ubfx    x1, x1, #8, #4
     cbz     x1, 3f
@@ -75,6 +96,9 @@ _start:
 .Lsetup_el2_for_el1:
     ldr     x1, =HCR_EL2_RW
     msr     hcr_el2, x1
+    adrp    x1, el2_stub_vectors
+    add     x1, x1, :lo12:el2_stub_vectors
+    msr     vbar_el2, x1
     ldr     x1, =CPTR_EL2_NO_TRAPS
     msr     cptr_el2, x1
     msr     hstr_el2, xzr
@@ -151,3 +175,59 @@ _start:
     add     x0, x0, x1
     ret
 .ltorg
+
+// The EL2 stub: the vector table EL2 keeps while the kernel runs at EL1. Only an HVC #0 from EL1 is
+// served, with x0 = the function (x0 = 0 on return, or -1 for an unknown one); every other entry
+// parks the CPU. Functions (arch::aarch64::boot::El2Stub):
+//   1: raise a virtual SError at EL1 (HCR_EL2.AMO | VSE; taken as soon as PSTATE.A is clear);
+//   2: end it (clear AMO and VSE: physical SErrors go to EL1 again).
+// While AMO is set a physical SError would be taken here and park the CPU; tests keep that window
+// to a few instructions. x1 is preserved through TPIDR_EL2.
+.section .text.vectors, "ax"
+.balign 0x800
+el2_stub_vectors:
+    .rept 8                                 // current EL, SP_EL0 and SP_ELx: never used
+    .balign 0x80
+    b       .Lel2_stub_park
+    .endr
+    .balign 0x80                            // lower EL, AArch64, synchronous
+    b       .Lel2_stub_sync
+    .rept 7                                 // lower EL IRQ/FIQ/SError, and AArch32
+    .balign 0x80
+    b       .Lel2_stub_park
+    .endr
+
+.Lel2_stub_park:
+    wfe
+    b       .Lel2_stub_park
+
+.Lel2_stub_sync:
+    msr     tpidr_el2, x1
+    mrs     x1, esr_el2
+    lsr     x1, x1, #26
+    cmp     x1, #ESR_EC_HVC64
+    b.ne    .Lel2_stub_unknown
+    cmp     x0, #1
+    b.eq    .Lel2_stub_raise_vserror
+    cmp     x0, #2
+    b.eq    .Lel2_stub_end_vserror
+.Lel2_stub_unknown:
+    mov     x0, #-1
+    b       .Lel2_stub_return
+.Lel2_stub_raise_vserror:
+    mrs     x1, hcr_el2
+    orr     x1, x1, #HCR_EL2_AMO
+    orr     x1, x1, #HCR_EL2_VSE
+    msr     hcr_el2, x1
+    mov     x0, #0
+    b       .Lel2_stub_return
+.Lel2_stub_end_vserror:
+    mrs     x1, hcr_el2
+    bic     x1, x1, #HCR_EL2_AMO
+    bic     x1, x1, #HCR_EL2_VSE
+    msr     hcr_el2, x1
+    mov     x0, #0
+.Lel2_stub_return:
+    isb
+    mrs     x1, tpidr_el2
+    eret

@@ -57,6 +57,13 @@ pub unsafe fn copy_from_physical(dst: &mut [u8], pa: u64) {
     };
 }
 
+/// Unmasks SError (PSTATE.A) and IRQ (PSTATE.I); debug exceptions and FIQ stay masked (FIQ is the
+/// secure world's Group 0 on these boards).
+pub fn unmask_serror_and_irq() {
+    use aarch64_cpu::registers::{DAIF, ReadWriteable};
+    DAIF.modify(DAIF::A::Unmasked + DAIF::I::Unmasked);
+}
+
 /// The current exception level (0..=3).
 pub fn current_el() -> u8 {
     CurrentEL.read(CurrentEL::EL) as u8
