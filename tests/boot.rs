@@ -189,7 +189,7 @@ fn serror_is_taken_and_decoded() {
         println!("  entered at EL1: no EL2 stub to raise a virtual SError; nothing to provoke one");
         return;
     }
-    let report = catch(Resume::Skip, || {
+    let report = catch(Resume::Continue, || {
         // SAFETY: the stub is present; the SError it raises is expected by `catch` and taken right
         // after the HVC returns (PSTATE.A is clear), before `EndVirtualSError` below.
         let raised = unsafe { el2_stub_call(El2Stub::RaiseVirtualSError) };
@@ -204,7 +204,8 @@ fn serror_is_taken_and_decoded() {
     assert_eq!(report.class(), ExceptionClass::SError);
     assert!(format!("{report}").starts_with("SError: "), "{report}");
     // And nothing is pending any more.
-    assert!(catch(Resume::Skip, || unsafe { core::arch::asm!("isb") }).is_none());
+    // SAFETY: an ISB, which nothing can fault on.
+    assert!(catch(Resume::Continue, || unsafe { core::arch::asm!("isb") }).is_none());
 }
 
 /// CNTFRQ_EL0 says how fast the counter runs. Entered at EL3 the kernel set it as firmware would:

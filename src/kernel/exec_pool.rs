@@ -16,6 +16,7 @@ use spin::RwLock;
 use crate::arch::aarch64::{cache, mmu as hw, mmu::BroadcastTlb};
 use crate::kernel::memory;
 use crate::kernel::mmu::{fixmap_fill_block, with_tables};
+use crate::layout::Region;
 use crate::mmu::{
     AuditContext, BLOCK_SIZE_2M, El1And0, Granularity, MapError, Role, Violation, audit_root,
 };
@@ -58,6 +59,8 @@ pub struct Pool {
     frames: FrameAllocator<8>,
     /// The frame behind each pack of the window, by pack index.
     packs: [Option<u64>; MAX_PACKS],
+    /// The pool's VA window (a copy of the memory plan's, at hand on the poke path).
+    window: Region,
 }
 
 static POOL: RwLock<Option<Pool>> = RwLock::new(None);
@@ -84,6 +87,7 @@ pub fn init() {
     *POOL.write() = Some(Pool {
         frames: allocator,
         packs: [None; MAX_PACKS],
+        window: memory::plan().exec_pool,
     });
     maintenance_plan();
 }
@@ -171,13 +175,13 @@ pub struct Records(spin::RwLockReadGuard<'static, Option<Pool>>);
 impl Records {
     /// The physical address behind exec address `va`, if its pack is mapped.
     pub fn exec_pa(&self, va: u64) -> Option<u64> {
-        let pool = memory::plan().exec_pool;
-        if !pool.contains(va) {
+        let pool = self.0.as_ref()?;
+        if !pool.window.contains(va) {
             return None;
         }
-        let index = ((va - pool.start) / BLOCK_SIZE_2M) as usize;
-        let base = self.0.as_ref()?.packs[index]?;
-        Some(base + (va - pool.start) % BLOCK_SIZE_2M)
+        let offset = va - pool.window.start;
+        let base = pool.packs[(offset / BLOCK_SIZE_2M) as usize]?;
+        Some(base + offset % BLOCK_SIZE_2M)
     }
 }
 

@@ -18,6 +18,9 @@ pub enum Resume {
     /// At the return address in x30: for a fault on the first instruction of a called function
     /// (an instruction abort on a call into non-executable memory, or a BRK at a function's entry).
     ReturnToCaller,
+    /// Where the interrupted code was: for an expected SError (asynchronous, so nothing is
+    /// skipped). Only an SError is caught with this; with the others an SError is unexpected.
+    Continue,
 }
 
 const DISARMED: u8 = 0;
@@ -32,13 +35,14 @@ impl Resume {
         match self {
             Self::Skip => 1,
             Self::ReturnToCaller => 2,
+            Self::Continue => 3,
         }
     }
 }
 
-/// Runs `f`, expecting it may raise one synchronous exception or SError; returns the decoded report
-/// of that exception, or `None` if `f` ran without one. After a synchronous exception execution
-/// resumes as `resume` says; after an SError (asynchronous) where it was interrupted.
+/// Runs `f`, expecting it may raise one synchronous exception (with [`Resume::Skip`] or
+/// [`Resume::ReturnToCaller`]) or one SError (with [`Resume::Continue`]); returns the decoded report
+/// of that exception, or `None` if `f` ran without one. Any other exception is unexpected.
 pub fn catch(resume: Resume, f: impl FnOnce()) -> Option<FaultReport> {
     *CAUGHT.lock() = None;
     ARMED.store(resume.encode(), Ordering::SeqCst);
@@ -55,15 +59,18 @@ pub(crate) fn on_exception(kind: VectorKind, report: FaultReport, frame: &mut Ex
     // read-modify-write may never complete (see `kernel::locks_ready`).
     let armed = ARMED.load(Ordering::SeqCst);
     ARMED.store(DISARMED, Ordering::SeqCst);
-    if armed != DISARMED && kind.source() == "current EL, SP_ELx" {
+    let serror = report.class() == ExceptionClass::SError;
+    let expected = armed != DISARMED
+        && kind.source() == "current EL, SP_ELx"
+        && serror == (armed == Resume::Continue.encode());
+    if expected {
         *CAUGHT.lock() = Some(report);
-        if report.class() == ExceptionClass::SError {
-            // Asynchronous: ELR is where the interrupted code goes on, whatever the policy says.
-        } else if armed == Resume::Skip.encode() {
+        if armed == Resume::Skip.encode() {
             frame.elr += 4;
-        } else {
+        } else if armed == Resume::ReturnToCaller.encode() {
             frame.elr = frame.x[30];
         }
+        // Continue: asynchronous, ELR is already where the interrupted code goes on.
         return;
     }
     write_fmt_emergency(format_args!(

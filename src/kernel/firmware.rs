@@ -32,8 +32,23 @@ extern "C" fn el3_firmware_setup(cpu: u64, x0: u64) {
     let [timer_hz, gicd, gicc] = &PUBLISHED;
     if cpu == 0 {
         let machine = memory::read_machine(x0).unwrap_or_else(|_| board::static_machine());
-        let hz = machine.timer_hz.unwrap_or(board::TIMER_HZ);
-        let gic = match machine.gic.or(board::static_machine().gic) {
+        // 0 would also read as "not published yet" below; a tree stating 0 is ignored.
+        let hz = machine
+            .timer_hz
+            .filter(|&hz| hz != 0)
+            .unwrap_or(board::TIMER_HZ);
+        // The GIC is written with the MMU off, so a tree that puts it over RAM (the kernel, say)
+        // is not believed: the board's GIC then.
+        let over_ram = |gic: &Gic| {
+            gic.regions()
+                .iter()
+                .any(|r| machine.ram.iter().any(|bank| bank.overlaps(r)))
+        };
+        let gic = match machine
+            .gic
+            .filter(|gic| !over_ram(gic))
+            .or(board::static_machine().gic)
+        {
             Some(Gic::V2 {
                 distributor,
                 cpu_interface,
@@ -57,20 +72,26 @@ extern "C" fn el3_firmware_setup(cpu: u64, x0: u64) {
     unsafe { core::arch::asm!("msr cntfrq_el0, {}", in(reg) hz, options(nomem, nostack)) };
     let (gicd, gicc) = (gicd.load(Ordering::Relaxed), gicc.load(Ordering::Relaxed));
     if gicd != 0 && gicc != 0 {
-        {
-            // SAFETY: the tree's (or the board's) GIC-400; at EL3 with the MMU off its registers
-            // are Device memory, and nothing else drives it yet. `setup` puts every interrupt in
-            // Group 1 (IGROUPR0, banked, for this CPU's SGIs and PPIs; the rest once more, with the
-            // same value), enables group 1 at the distributor, this CPU's interface, and a priority
-            // mask of 0xff.
+        let secure = {
+            // SAFETY: the tree's (or the board's) GIC-400, not over RAM; at EL3 with the MMU off
+            // its registers are Device memory, and nothing else drives it yet. `setup` puts every
+            // interrupt in Group 1 (IGROUPR0, banked, for this CPU's SGIs and PPIs; the rest once
+            // more, with the same value, on every CPU), enables group 1 at the distributor, this
+            // CPU's interface, and a priority mask of 0xff.
             let mut gic = unsafe { GicV2::new(gicd as *mut _, gicc as *mut _) };
             gic.setup();
+            gic.typer().has_security_extension()
+        };
+        if secure {
+            // `setup` sets GICC_CTLR bit 0, which in the Secure copy is EnableGrp0; Group 1, what
+            // the non-secure kernel uses, is bit 1 there (GIC v2 Architecture Specification
+            // 4.4.1). Group 0 stays off: nothing is in it, and it would be signalled as an IRQ the
+            // non-secure side cannot acknowledge.
+            // SAFETY: this CPU's GICC; the driver above is gone, so this is the only pointer.
+            let mut cpu_interface = unsafe {
+                UniqueMmioPointer::new(NonNull::new(gicc as *mut Gicc).expect("non-zero"))
+            };
+            field!(cpu_interface, ctlr).write(0b10);
         }
-        // `setup` sets GICC_CTLR bit 0, which in the Secure copy is EnableGrp0; Group 1, what the
-        // non-secure kernel uses, is bit 1 there (GIC v2 Architecture Specification 4.4.1).
-        // SAFETY: this CPU's GICC; the driver above is gone, so this is the only pointer to it.
-        let mut cpu_interface =
-            unsafe { UniqueMmioPointer::new(NonNull::new(gicc as *mut Gicc).expect("non-zero")) };
-        field!(cpu_interface, ctlr).write(0b11);
     }
 }

@@ -10,6 +10,7 @@ use spin::Once;
 use crate::arch::aarch64::boot::{MAX_CPUS, STACK_GUARD_SIZE, STACK_SIZE};
 use crate::arch::aarch64::cpu;
 use crate::board;
+use crate::kernel::mmu::{LayoutError, check_exec_layout};
 use crate::layout::Region;
 use crate::machine::dtb::{self, DtbError};
 use crate::machine::plan::{self, MemoryPlan, PlanError};
@@ -130,6 +131,8 @@ pub enum BootError {
         /// Why.
         error: PlanError,
     },
+    /// The placed regions fail the exec layout check (a placement bug if it ever happens).
+    Layout(LayoutError),
 }
 
 impl fmt::Display for BootError {
@@ -139,6 +142,7 @@ impl fmt::Display for BootError {
                 write!(f, "device tree at {address:#x}: {error}")
             }
             Self::Placement { source, error } => write!(f, "memory map ({source}): {error}"),
+            Self::Layout(error) => write!(f, "exec layout: {error}"),
         }
     }
 }
@@ -196,6 +200,11 @@ fn find_device_tree(x0: u64) -> Result<Option<(u64, u64)>, BootError> {
             let error = DtbError::Truncated { size, available };
             return Err(BootError::DeviceTree { address, error });
         }
+        let image = KernelImage::current().all();
+        if Region::new("device tree", address, size).overlaps(&image) {
+            let error = DtbError::OverlapsKernel { image };
+            return Err(BootError::DeviceTree { address, error });
+        }
         return Ok(Some((address, size)));
     }
     Ok(None)
@@ -210,8 +219,9 @@ pub fn read_machine(x0: u64) -> Result<Machine, BootError> {
     }
 }
 
-/// Reads the machine (see [`read_machine`]) and places the kernel's regions in it. Runs once, on
-/// CPU 0, with the MMU off and before the heap exists.
+/// Reads the machine (see [`read_machine`]), places the kernel's regions in it and checks the exec
+/// layout, all before anything is written to a placed region. Runs once, on CPU 0, with the MMU off
+/// and before the heap exists.
 pub fn discover(x0: u64) -> Result<(Machine, MemoryPlan), BootError> {
     let machine = read_machine(x0)?;
     let image = KernelImage::current();
@@ -226,6 +236,7 @@ pub fn discover(x0: u64) -> Result<(Machine, MemoryPlan), BootError> {
         source: machine.source,
         error,
     })?;
+    check_exec_layout(&image, &plan).map_err(BootError::Layout)?;
     Ok((machine, plan))
 }
 

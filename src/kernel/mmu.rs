@@ -184,10 +184,10 @@ fn boot_plan(
     plan
 }
 
-/// Builds the kernel tables and turns the MMU on. Runs once, on CPU 0, with the MMU off.
+/// Builds the kernel tables and turns the MMU on. Runs once, on CPU 0, with the MMU off, with a plan
+/// that passed [`check_exec_layout`] (`memory::discover` checks it).
 pub fn init(machine: &Machine, placed: &MemoryPlan) -> Result<(), LayoutError> {
     let image = KernelImage::current();
-    check_exec_layout(&image, placed)?;
     let plan = boot_plan(&image, machine, placed);
     let mut tables =
         AddressSpace::<El1And0>::new().map_err(|e| LayoutError::Map(placed.heap, e))?;

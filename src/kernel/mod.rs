@@ -45,6 +45,8 @@ static BOOT_INFO: Once<BootInfo> = Once::new();
 /// (spin locks, atomic read-modify-write) may never succeed on real hardware, so the boot path
 /// takes no lock and does no atomic read-modify-write until then; only plain loads and stores of
 /// this flag.
+/// In `.data`: the EL3 firmware duties (and a panic there) read it before `.bss` is zeroed.
+#[unsafe(link_section = ".data")]
 static LOCKS_READY: AtomicBool = AtomicBool::new(false);
 
 /// Whether spin locks and atomic read-modify-write may be used.
@@ -80,9 +82,6 @@ fn start(x0: u64, entry_el: u8) -> ! {
     let discovered = memory::discover(x0);
     let uart = discovered.as_ref().ok().and_then(|(m, _)| m.uart);
     console::init(uart.unwrap_or(board::UART));
-    // The vectors are in place (boot.s) and the console works: from here an SError is reported
-    // when it happens, not left pending, and IRQs are taken (masked only in critical sections).
-    cpu::unmask_serror_and_irq();
     let (machine, plan) = discovered.unwrap_or_else(|e| boot_error(format_args!("{e}")));
     // SAFETY: the plan placed the heap in free RAM, apart from the image, the device tree, reserved
     // memory and everything else it placed; this is the only call.
@@ -98,6 +97,11 @@ fn start(x0: u64, entry_el: u8) -> ! {
         boot_error(format_args!("address space: {e}"));
     }
     memory::publish(machine, plan);
+    // The vectors are in place (boot.s), the console works and locks work: from here an SError is
+    // reported when it happens instead of staying pending, and IRQs are taken (masked only in
+    // critical sections). Not earlier: until now the console and heap are used without their
+    // locks, on the premise that nothing interrupts.
+    cpu::unmask_serror_and_irq();
     BOOT_INFO.call_once(|| BootInfo { entry_el, dtb: x0 });
     exec_pool::init();
     poke::init();

@@ -7,7 +7,7 @@
 //! the new code visible to instruction fetch (see `arch::aarch64::cache`).
 
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use aarch64_cpu::registers::{DAIF, Readable, Writeable};
 use spin::Mutex;
@@ -22,6 +22,11 @@ use crate::poke::{self, ExecRegion, INSN_BYTES, PokeError};
 static SLOT_ENTRIES: [AtomicPtr<u64>; board::CPUS] =
     [const { AtomicPtr::new(ptr::null_mut()) }; board::CPUS];
 
+/// The VA of each CPU's poke slot, and the exec pool window (start, end): copies of the memory
+/// plan's, read with plain loads on every poke.
+static SLOT_VAS: [AtomicU64; board::CPUS] = [const { AtomicU64::new(0) }; board::CPUS];
+static POOL_WINDOW: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
+
 /// Pokes done (pages mapped through the alias), for reports and tests.
 static ALIAS_MAPS: AtomicUsize = AtomicUsize::new(0);
 
@@ -32,8 +37,12 @@ static PATCH_LOCK: Mutex<()> = Mutex::new(());
 
 /// Finds the fixmap entries. Runs at boot, after the MMU is on.
 pub fn init() {
+    let pool = memory::plan().exec_pool;
+    POOL_WINDOW[0].store(pool.start, Ordering::Relaxed);
+    POOL_WINDOW[1].store(pool.end(), Ordering::Relaxed);
     for (cpu, entry) in SLOT_ENTRIES.iter().enumerate() {
         let slot = mmu::fixmap_poke_slot(cpu);
+        SLOT_VAS[cpu].store(slot, Ordering::Relaxed);
         let found = mmu::with_tables(|t| t.leaf_entry_ptr(slot));
         entry.store(
             found.map_or(ptr::null_mut(), |p| p.as_ptr()),
@@ -50,11 +59,14 @@ pub fn alias_maps() -> usize {
 /// The pack position of the pool window holding `dst` (address arithmetic only; whether it is
 /// mapped is checked once, under the pool's records lock, by the write itself).
 fn pack_of(dst: u64) -> Result<ExecRegion, PokeError> {
-    let pool = memory::plan().exec_pool;
-    if !pool.contains(dst) {
+    let (start, end) = (
+        POOL_WINDOW[0].load(Ordering::Relaxed),
+        POOL_WINDOW[1].load(Ordering::Relaxed),
+    );
+    if !(start..end).contains(&dst) {
         return Err(PokeError::NotExecMemory { addr: dst });
     }
-    let start = dst - (dst - pool.start) % crate::mmu::BLOCK_SIZE_2M;
+    let start = dst - (dst - start) % crate::mmu::BLOCK_SIZE_2M;
     Ok(ExecRegion::pack(start, start + crate::mmu::BLOCK_SIZE_2M))
 }
 
@@ -212,9 +224,10 @@ fn store_through_alias(
     mut write: impl FnMut(*mut u8, usize, usize),
 ) {
     let cpu = cpu::cpu_id();
-    let slot = mmu::fixmap_poke_slot(cpu);
     let entry = SLOT_ENTRIES[cpu].load(Ordering::Acquire);
     assert!(!entry.is_null(), "poke::init runs at boot");
+    // Stored before the entry (Release), so visible after the Acquire above.
+    let slot = SLOT_VAS[cpu].load(Ordering::Relaxed);
     let mut tlb = BroadcastTlb;
 
     let mut offset = 0;

@@ -33,6 +33,21 @@ pub const HEADER_PREFIX: usize = 8;
 pub const MAX_SIZE: u32 = 2 << 20;
 /// Deepest node searched for devices (root = 0; the Pi's are at depth 2, under /soc).
 const MAX_DEPTH: usize = 4;
+/// Every range read must end within the 48-bit physical address space (the descriptors' limit), so
+/// nothing computed from it can wrap.
+pub const PA_LIMIT: u64 = 1 << 48;
+
+/// `start..start + size` as a region, if it ends within [`PA_LIMIT`].
+fn checked_region(name: &'static str, start: u64, size: u64) -> Result<Region, DtbError> {
+    match start.checked_add(size) {
+        Some(end) if end <= PA_LIMIT => Ok(Region::new(name, start, size)),
+        _ => Err(DtbError::OutOfRange {
+            node: name,
+            start,
+            size,
+        }),
+    }
+}
 
 /// Why a device tree could not be used.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +74,20 @@ pub enum DtbError {
     },
     /// More entries of a kind than the kernel records.
     TooMany(&'static str),
+    /// An address range that wraps or goes past the 48-bit physical address space.
+    OutOfRange {
+        /// The node.
+        node: &'static str,
+        /// Its start.
+        start: u64,
+        /// Its size.
+        size: u64,
+    },
+    /// The tree lies over the kernel image (the loader put it where the kernel runs).
+    OverlapsKernel {
+        /// The image.
+        image: Region,
+    },
 }
 
 impl fmt::Display for DtbError {
@@ -75,6 +104,11 @@ impl fmt::Display for DtbError {
                 write!(f, "property {property} of {node} is malformed")
             }
             Self::TooMany(what) => write!(f, "more {what} than the kernel records"),
+            Self::OutOfRange { node, start, size } => write!(
+                f,
+                "{node} range {start:#x} + {size:#x} goes past the 48-bit physical address space"
+            ),
+            Self::OverlapsKernel { image } => write!(f, "it lies over the kernel image {image}"),
         }
     }
 }
@@ -124,9 +158,10 @@ pub fn read_copy(copy: &mut [u8], address: u64) -> Result<Machine, DtbError> {
         Err(e) if e.kind == FdtErrorKind::InvalidPropertyName => e,
         Err(e) => return Err(DtbError::Malformed(e)),
     };
-    let end = drop_long_property_names(copy).ok_or(DtbError::Malformed(refused))?;
+    let filtered = drop_long_property_names(copy).and_then(|end| copy.get(..end));
+    let filtered = filtered.ok_or(DtbError::Malformed(refused))?;
     read_fdt(
-        Fdt::new(&copy[..end]).map_err(DtbError::Malformed)?,
+        Fdt::new(filtered).map_err(DtbError::Malformed)?,
         address,
         size,
     )
@@ -238,7 +273,9 @@ fn read_fdt(fdt: Fdt<'_>, address: u64, size: usize) -> Result<Machine, DtbError
             machine.gic = gic(node, buses)?;
         }
         if machine.timer_hz.is_none() && is_compatible(node, &["arm,armv8-timer"]) {
-            machine.timer_hz = u32_property(node, "timer", "clock-frequency")?;
+            // 0 says nothing about the counter: as if it were not there.
+            machine.timer_hz =
+                u32_property(node, "timer", "clock-frequency")?.filter(|&hz| hz != 0);
         }
         Ok(())
     })?;
@@ -264,7 +301,7 @@ fn read_memory(fdt: Fdt<'_>, machine: &mut Machine) -> Result<(), DtbError> {
             if size > 0 {
                 push(
                     &mut machine.ram,
-                    Region::new("RAM", start, size),
+                    checked_region("RAM", start, size)?,
                     "RAM banks",
                 )?;
             }
@@ -275,7 +312,7 @@ fn read_memory(fdt: Fdt<'_>, machine: &mut Machine) -> Result<(), DtbError> {
     }
     for reservation in fdt.memory_reservations() {
         if reservation.size() > 0 {
-            let region = Region::new("memreserve", reservation.address(), reservation.size());
+            let region = checked_region("memreserve", reservation.address(), reservation.size())?;
             push(&mut machine.reserved, region, "reserved ranges")?;
         }
     }
@@ -284,18 +321,15 @@ fn read_memory(fdt: Fdt<'_>, machine: &mut Machine) -> Result<(), DtbError> {
             // A child without `reg` asks the OS to allocate a pool (Linux CMA): nothing is fixed.
             for (start, size) in regs(child, "reserved-memory", "reg")? {
                 if size > 0 {
-                    let region = Region::new("reserved-memory", start, size);
+                    let region = checked_region("reserved-memory", start, size)?;
                     push(&mut machine.reserved, region, "reserved ranges")?;
                 }
             }
         }
     }
     if let Source::DeviceTree { address, size } = machine.source {
-        push(
-            &mut machine.reserved,
-            Region::new("device tree", address, size),
-            "reserved ranges",
-        )?;
+        let tree = checked_region("device tree", address, size)?;
+        push(&mut machine.reserved, tree, "reserved ranges")?;
     }
     Ok(())
 }
@@ -332,6 +366,18 @@ fn read_cpus(fdt: Fdt<'_>, machine: &mut Machine) -> Result<(), DtbError> {
             }
             _ => EnableMethod::Unknown,
         };
+        if let EnableMethod::SpinTable(release) = enable {
+            // The release word is written to start the CPU: its page is not ours (the Pi
+            // firmware's memreserve covers it already).
+            let page = checked_region("spin table", release & !0xfff, 0x1000)?;
+            if !machine
+                .reserved
+                .iter()
+                .any(|r| r.start <= page.start && page.end() <= r.end())
+            {
+                push(&mut machine.reserved, page, "reserved ranges")?;
+            }
+        }
         push(&mut machine.cpus, Cpu { mpidr, enable }, "CPUs")?;
     }
     Ok(())
@@ -384,7 +430,14 @@ fn translate(mut address: u64, buses: &Buses<'_>) -> Result<Option<u64>, DtbErro
                 return Err(bad);
             };
             if address >= child && address - child < length {
-                moved = Some(parent + (address - child));
+                let up = parent
+                    .checked_add(address - child)
+                    .ok_or(DtbError::OutOfRange {
+                        node: "bus",
+                        start: parent,
+                        size: length,
+                    })?;
+                moved = Some(up);
                 break;
             }
         }
@@ -430,7 +483,9 @@ fn nth_reg(
     let Some(&(bus_address, size)) = regs(node, name, "reg")?.get(index) else {
         return Ok(None);
     };
-    Ok(translate(bus_address, buses)?.map(|start| Region::new(name, start, size)))
+    translate(bus_address, buses)?
+        .map(|start| checked_region(name, start, size))
+        .transpose()
 }
 
 fn first_reg(

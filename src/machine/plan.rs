@@ -14,6 +14,8 @@ const PAGE: u64 = 4 << 10;
 const BLOCK: u64 = 2 << 20;
 /// Pieces of RAM left to map (each reserved range or placed region splits at most one in two).
 pub const MAX_PIECES: usize = 48;
+/// Device regions the placement keeps clear of.
+pub const MAX_DEVICES: usize = 16;
 
 /// What the manager and the runtime need, in bytes (each a multiple of 2 MiB).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +79,8 @@ pub enum PlanError {
     },
     /// RAM is cut into more pieces than the plan records.
     TooFragmented,
+    /// A region given to the placement wraps or ends past the 48-bit physical address space.
+    OutOfRange(Region),
 }
 
 impl fmt::Display for PlanError {
@@ -106,6 +110,11 @@ impl fmt::Display for PlanError {
                 Size(*largest)
             ),
             Self::TooFragmented => f.write_str("RAM is cut into too many pieces"),
+            Self::OutOfRange(r) => write!(
+                f,
+                "{} at {:#x} + {:#x} goes past the 48-bit physical address space",
+                r.name, r.start, r.size
+            ),
         }
     }
 }
@@ -121,6 +130,14 @@ pub fn place(
     devices: &[Region],
     needs: &Needs,
 ) -> Result<MemoryPlan, PlanError> {
+    // Everything below adds sizes to addresses: nothing may wrap (dtb::read checks the same).
+    let limit = super::dtb::PA_LIMIT;
+    let inputs = machine.ram.iter().chain(&machine.reserved).chain(devices);
+    for r in inputs.chain([&image, &text]) {
+        if r.start.checked_add(r.size).is_none_or(|end| end > limit) {
+            return Err(PlanError::OutOfRange(*r));
+        }
+    }
     if !machine
         .ram
         .iter()
@@ -134,14 +151,21 @@ pub fn place(
             reserved: *reserved,
         });
     }
-    let mut taken: ArrayVec<Region, { super::MAX_RESERVED + 2 }> = ArrayVec::new();
+    // What nothing may be placed over: the image, the null page, reserved memory, and devices (a
+    // RAM bank that covers MMIO must not put RAM mappings over it).
+    let mut taken: ArrayVec<Region, { super::MAX_RESERVED + 2 + MAX_DEVICES }> = ArrayVec::new();
     taken.push(round_out(image, PAGE));
     taken.push(Region::new("null page", 0, PAGE));
     taken.extend(machine.reserved.iter().map(|r| round_out(*r, PAGE)));
+    for device in devices {
+        taken
+            .try_push(round_out(*device, PAGE))
+            .map_err(|_| PlanError::TooFragmented)?;
+    }
     let free =
         layout::subtract::<MAX_PIECES>(&machine.ram, &taken).ok_or(PlanError::TooFragmented)?;
 
-    let (fixmap, exec_pool, over_ram) = pool_window(machine, &free, &taken, text, devices, needs)?;
+    let (fixmap, exec_pool, over_ram) = pool_window(machine, &free, &taken, text, needs)?;
     let free = if over_ram {
         layout::subtract::<MAX_PIECES>(&free, &[fixmap, exec_pool])
             .ok_or(PlanError::TooFragmented)?
@@ -203,7 +227,6 @@ fn pool_window(
     free: &[Region],
     taken: &[Region],
     text: Region,
-    devices: &[Region],
     needs: &Needs,
 ) -> Result<(Region, Region, bool), PlanError> {
     let size = needs.fixmap + needs.pool;
@@ -221,7 +244,7 @@ fn pool_window(
         let pool = Region::new("exec pool (VA)", base + needs.fixmap, needs.pool);
         let clear = layout::branch_reaches(&pool, &text)
             && layout::branch_reaches(&text, &pool)
-            && !taken.iter().chain(devices).any(|r| r.overlaps(&window));
+            && !taken.iter().any(|r| r.overlaps(&window));
         let class = if !clear {
             None
         } else if !machine.ram.iter().any(|bank| bank.overlaps(&window)) {

@@ -86,6 +86,14 @@ fn assert_sound(machine: &Machine, image: Region, text: Region, plan: &MemoryPla
             assert!(!a.overlaps(r), "{a} overlaps reserved {r}");
         }
     }
+    for d in devices(machine) {
+        for placed in [image, plan.heap, plan.exec_frames]
+            .iter()
+            .chain(&plan.free_ram)
+        {
+            assert!(!placed.overlaps(&d), "{placed} over device {d}");
+        }
+    }
     let windows = [plan.exec_pool, plan.fixmap];
     for w in windows {
         for other in [image, plan.heap]
@@ -383,4 +391,61 @@ fn cut_or_corrupted_trees_never_panic() {
             let _ = place(&m, VIRT_IMAGE, VIRT_TEXT);
         }
     }
+}
+
+#[test]
+fn ranges_that_wrap_or_leave_the_address_space_are_refused() {
+    let wrapping = include_bytes!("testdata/wrapping-ram.dtb");
+    assert_eq!(
+        read(wrapping, 0x0800_0000),
+        Err(DtbError::OutOfRange {
+            node: "RAM",
+            start: 0xffff_ffff_ffe0_0001,
+            size: 0x1f_fffe
+        })
+    );
+    let huge = include_bytes!("testdata/huge-reservation.dtb");
+    assert!(matches!(
+        read(huge, 0x4000_0000),
+        Err(DtbError::OutOfRange {
+            node: "reserved-memory",
+            ..
+        })
+    ));
+    // The placement checks what it is given too, whoever built the machine.
+    let mut m = read(RASPI4B, 0x0800_0000).unwrap();
+    let bad = Region::new("RAM", 0xffff_ffff_ffe0_0001, 0x1f_fffe);
+    m.ram.insert(0, bad);
+    assert_eq!(
+        place(&m, RPI4_IMAGE, RPI4_TEXT),
+        Err(PlanError::OutOfRange(bad))
+    );
+}
+
+#[test]
+fn spin_table_release_words_are_reserved_and_a_zero_timer_is_ignored() {
+    let blob = include_bytes!("testdata/spin-table-zero-timer.dtb");
+    let m = read(blob, 0x4800_0000).unwrap();
+    assert_eq!(m.timer_hz, None, "clock-frequency = <0> says nothing");
+    // Both release words share one page: reserved once.
+    let pages: alloc::vec::Vec<&Region> = m
+        .reserved
+        .iter()
+        .filter(|r| r.name == "spin table")
+        .collect();
+    assert_eq!(pages, [&Region::new("spin table", 0x4f00_0000, 0x1000)]);
+    let p = place(&m, VIRT_IMAGE, VIRT_TEXT).unwrap();
+    assert_sound(&m, VIRT_IMAGE, VIRT_TEXT, &p);
+}
+
+#[test]
+fn nothing_is_placed_over_a_device_inside_a_ram_bank() {
+    let m = read(VIRT_512M, 0x4000_0000).unwrap();
+    // MMIO that a (badly described) RAM bank covers, right where the heap would go.
+    let mmio = Region::new("odd device", 0x4040_0000, 0x1000);
+    let mut all = devices(&m);
+    all.push(mmio);
+    let p = plan::place(&m, VIRT_IMAGE, VIRT_TEXT, &all, &NEEDS).unwrap();
+    assert!(!p.heap.overlaps(&mmio), "heap {}", p.heap);
+    assert!(!p.free_ram.iter().any(|r| r.overlaps(&mmio)));
 }

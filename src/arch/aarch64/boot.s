@@ -15,6 +15,7 @@
 .equ CNTHCTL_EL2_EL1_TIMER, 0x3        // EL1PCTEN | EL1PCEN: EL1 may use the physical counter/timer
 .equ SCTLR_EL1_RESET, 0x30d00800       // RES1 bits; MMU, caches and alignment checks off
 .equ SCTLR_EL3_RESET, 0x30c50830       // RES1 bits; MMU, caches and alignment checks off
+.equ SCTLR_EL2_RESET, 0x30c50830       // the same for EL2 (without VHE), where the stub runs
 .equ HCR_EL2_AMO, (1 << 5)             // physical SErrors to EL2, virtual SErrors to EL1
 .equ HCR_EL2_VSE, (1 << 8)             // a virtual SError is pending
 .equ ESR_EC_HVC64, 0x16
@@ -36,9 +37,13 @@ _start:
 
 .Lfrom_el3:
     // SCTLR_EL3 resets to UNKNOWN values on hardware: MMU, caches and alignment checks off before
-    // any Rust runs here.
+    // any Rust runs here, and an exception at EL3 parks the CPU instead of jumping through an
+    // UNKNOWN VBAR_EL3.
     ldr     x1, =SCTLR_EL3_RESET
     msr     sctlr_el3, x1
+    adrp    x1, el3_park_vectors
+    add     x1, x1, :lo12:el3_park_vectors
+    msr     vbar_el3, x1
     isb
     ldr     x1, =SCR_EL3_VALUE
     msr     scr_el3, x1
@@ -96,9 +101,24 @@ _start:
 .Lsetup_el2_for_el1:
     ldr     x1, =HCR_EL2_RW
     msr     hcr_el2, x1
+    // The stub below runs at EL2: its MMU, caches and alignment checks off (SCTLR_EL2 resets to
+    // UNKNOWN values when entered at EL3).
+    ldr     x1, =SCTLR_EL2_RESET
+    msr     sctlr_el2, x1
     adrp    x1, el2_stub_vectors
     add     x1, x1, :lo12:el2_stub_vectors
     msr     vbar_el2, x1
+    // No debug or PMU traps to EL2, and every PMU counter to EL1 (MDCR_EL2.HPMN = PMCR_EL0.N);
+    // its reset value is UNKNOWN too.
+    mrs     x1, pmcr_el0
+    ubfx    x1, x1, #11, #5
+    msr     mdcr_el2, x1
+    // With FEAT_RAS (ID_AA64PFR0_EL1.RAS, bits [31:28]) a virtual SError's syndrome is VSESR_EL2.
+    mrs     x1, id_aa64pfr0_el1
+    ubfx    x1, x1, #28, #4
+    cbz     x1, 5f
+    msr     S3_4_C5_C2_3, xzr                // VSESR_EL2
+5:
     ldr     x1, =CPTR_EL2_NO_TRAPS
     msr     cptr_el2, x1
     msr     hstr_el2, xzr
@@ -177,8 +197,8 @@ _start:
 .ltorg
 
 // The EL2 stub: the vector table EL2 keeps while the kernel runs at EL1. Only an HVC #0 from EL1 is
-// served, with x0 = the function (x0 = 0 on return, or -1 for an unknown one); every other entry
-// parks the CPU. Functions (arch::aarch64::boot::El2Stub):
+// served, with x0 = the function (x0 = 0 on return, or -1 for an unknown one); every other entry,
+// and any other trap to EL2, parks the CPU (returning would retry the trapped instruction forever). Functions (arch::aarch64::boot::El2Stub):
 //   1: raise a virtual SError at EL1 (HCR_EL2.AMO | VSE; taken as soon as PSTATE.A is clear);
 //   2: end it (clear AMO and VSE: physical SErrors go to EL1 again).
 // While AMO is set a physical SError would be taken here and park the CPU; tests keep that window
@@ -204,14 +224,15 @@ el2_stub_vectors:
 .Lel2_stub_sync:
     msr     tpidr_el2, x1
     mrs     x1, esr_el2
-    lsr     x1, x1, #26
+    tst     x1, #0xffff                     // ISS[15:0]: the HVC immediate, 0 for the stub
+    b.ne    .Lel2_stub_park
+    ubfx    x1, x1, #26, #6                 // EC
     cmp     x1, #ESR_EC_HVC64
-    b.ne    .Lel2_stub_unknown
+    b.ne    .Lel2_stub_park
     cmp     x0, #1
     b.eq    .Lel2_stub_raise_vserror
     cmp     x0, #2
     b.eq    .Lel2_stub_end_vserror
-.Lel2_stub_unknown:
     mov     x0, #-1
     b       .Lel2_stub_return
 .Lel2_stub_raise_vserror:
@@ -231,3 +252,14 @@ el2_stub_vectors:
     isb
     mrs     x1, tpidr_el2
     eret
+
+// EL3 keeps no handlers: an exception there (the firmware duties run with the MMU off) parks.
+.balign 0x800
+el3_park_vectors:
+    .rept 16
+    .balign 0x80
+    b       .Lel3_park
+    .endr
+.Lel3_park:
+    wfe
+    b       .Lel3_park
