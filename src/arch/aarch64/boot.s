@@ -11,7 +11,7 @@
 .equ SPSR_EL1H_DAIF_MASKED, 0x3c5      // M[3:0] = EL1h, D, A, I, F masked
 .equ SCR_EL3_VALUE, 0x531              // NS | RES1[5:4] | HCE (HVC enabled) | RW (lower ELs AArch64)
 .equ HCR_EL2_RW, (1 << 31)             // EL1 is AArch64; no stage 2, no traps
-.equ CPTR_EL2_NO_TRAPS, 0x33ff         // RES1 bits [13:12] and [9:0]; TFP (bit 10) = 0: FP not trapped
+.equ CPTR_EL2_NO_TRAPS, 0x32ff         // RES1 bits 13:12, 9, 7:0 (Linux nVHE CPTR_EL2_RES1); TFP, TZ = 0: FP, SVE not trapped
 .equ CNTHCTL_EL2_EL1_TIMER, 0x3        // EL1PCTEN | EL1PCEN: EL1 may use the physical counter/timer
 .equ SCTLR_EL1_RESET, 0x30d00800       // RES1 bits; MMU, caches and alignment checks off
 .equ SCTLR_EL3_RESET, 0x30c50830       // RES1 bits; MMU, caches and alignment checks off
