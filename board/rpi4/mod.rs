@@ -8,7 +8,7 @@ use tock_registers::{
 use crate::kernel::mmio::Mmio;
 use crate::layout::Region;
 use crate::machine::plan::Needs;
-use crate::machine::{Cpu, EnableMethod, Gic, Machine, Source};
+use crate::machine::{Cpu, EnableMethod, Gic, Machine};
 
 /// Short name, as in `BOARD=rpi4`.
 pub const NAME: &str = "rpi4";
@@ -35,30 +35,16 @@ const GPIO: Region = Region::new("GPIO", 0xfe20_0000, 0x100);
 /// Devices the kernel maps besides the UART and the GIC.
 pub const OTHER_DEVICES: &[Region] = &[GPIO];
 /// What the manager and runtime need of RAM and address space.
-pub const NEEDS: Needs = Needs {
-    heap: 32 << 20,
-    pool: 64 << 20,
-    fixmap: 4 << 20,
-    min_frames: 8 << 20,
-};
+pub const NEEDS: Needs = Needs::STANDARD;
 
 /// The machine when no device tree is found (the BCM2711's GIC-400 and UART0; the spin table the
 /// firmware's armstub keeps at 0xd8..0xf0, in the page it reserves).
 pub fn static_machine() -> Machine {
-    let mut machine = Machine {
-        source: Source::Static,
-        ram: Default::default(),
-        reserved: Default::default(),
-        cpus: Default::default(),
-        uart: Some(UART),
-        gic: Some(Gic::V2 {
-            distributor: Region::new("GICv2 GICD", 0xff84_1000, 0x1000),
-            cpu_interface: Region::new("GICv2 GICC", 0xff84_2000, 0x2000),
-        }),
-        psci: None,
-        timer_hz: None,
+    let gic = Gic::V2 {
+        distributor: Region::new("GICv2 GICD", 0xff84_1000, 0x1000),
+        cpu_interface: Region::new("GICv2 GICC", 0xff84_2000, 0x2000),
     };
-    machine.ram.push(STATIC_RAM);
+    let mut machine = Machine::fixed(STATIC_RAM, UART, gic);
     machine.reserved.push(Region::new("memreserve", 0, 0x1000));
     for (cpu, release) in [0xd8, 0xe0, 0xe8, 0xf0].into_iter().enumerate() {
         machine.cpus.push(Cpu {

@@ -5,7 +5,7 @@
 
 use crate::layout::Region;
 use crate::machine::plan::Needs;
-use crate::machine::{Cpu, EnableMethod, Gic, Machine, Source};
+use crate::machine::{Cpu, EnableMethod, Gic, Machine};
 
 /// Short name, as in `BOARD=virt`.
 pub const NAME: &str = "virt";
@@ -28,29 +28,15 @@ pub const TIMER_HZ: u32 = 62_500_000;
 /// Devices the kernel maps besides the UART and the GIC.
 pub const OTHER_DEVICES: &[Region] = &[];
 /// What the manager and runtime need of RAM and address space.
-pub const NEEDS: Needs = Needs {
-    heap: 32 << 20,
-    pool: 64 << 20,
-    fixmap: 4 << 20,
-    min_frames: 8 << 20,
-};
+pub const NEEDS: Needs = Needs::STANDARD;
 
 /// The machine when no device tree is found.
 pub fn static_machine() -> Machine {
-    let mut machine = Machine {
-        source: Source::Static,
-        ram: Default::default(),
-        reserved: Default::default(),
-        cpus: Default::default(),
-        uart: Some(UART),
-        gic: Some(Gic::V2 {
-            distributor: Region::new("GICv2 GICD", 0x0800_0000, 0x1_0000),
-            cpu_interface: Region::new("GICv2 GICC", 0x0801_0000, 0x1_0000),
-        }),
-        psci: None,
-        timer_hz: None,
+    let gic = Gic::V2 {
+        distributor: Region::new("GICv2 GICD", 0x0800_0000, 0x1_0000),
+        cpu_interface: Region::new("GICv2 GICC", 0x0801_0000, 0x1_0000),
     };
-    machine.ram.push(STATIC_RAM);
+    let mut machine = Machine::fixed(STATIC_RAM, UART, gic);
     machine.cpus.push(Cpu {
         mpidr: 0,
         enable: EnableMethod::Unknown,

@@ -119,6 +119,23 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// A machine described by constants (a board's fallback when no device tree is found): one RAM
+    /// bank, the console UART and the GIC; CPUs and reserved ranges are for the caller to add.
+    pub fn fixed(ram: Region, uart: Region, gic: Gic) -> Self {
+        let mut machine = Self {
+            source: Source::Static,
+            ram: ArrayVec::new(),
+            reserved: ArrayVec::new(),
+            cpus: ArrayVec::new(),
+            uart: Some(uart),
+            gic: Some(gic),
+            psci: None,
+            timer_hz: None,
+        };
+        machine.ram.push(ram);
+        machine
+    }
+
     /// RAM in all banks.
     pub fn ram_size(&self) -> u64 {
         self.ram.iter().map(|r| r.size).sum()

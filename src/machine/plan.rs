@@ -30,6 +30,17 @@ pub struct Needs {
     pub min_frames: u64,
 }
 
+impl Needs {
+    /// What the demo runtime asks for: a 32 MiB heap, a 64 MiB pool window (32 packs), the 4 MiB
+    /// fixmap, and at least 8 MiB of frames (4 packs).
+    pub const STANDARD: Needs = Needs {
+        heap: 32 << 20,
+        pool: 64 << 20,
+        fixmap: 4 << 20,
+        min_frames: 8 << 20,
+    };
+}
+
 /// The kernel's regions, placed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemoryPlan {

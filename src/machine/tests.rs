@@ -6,12 +6,7 @@ use super::{Cpu, EnableMethod, Gic, Machine, PsciConduit, Source};
 use crate::layout::{self, Region};
 
 const MIB: u64 = 1 << 20;
-const NEEDS: Needs = Needs {
-    heap: 32 * MIB,
-    pool: 64 * MIB,
-    fixmap: 4 * MIB,
-    min_frames: 8 * MIB,
-};
+const NEEDS: Needs = Needs::STANDARD;
 
 /// A kernel image as linked for virt (text first, then data and stacks).
 const VIRT_IMAGE: Region = Region::new("kernel", 0x4020_0000, 0x1c_0000);
