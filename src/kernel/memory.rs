@@ -26,7 +26,6 @@ unsafe extern "C" {
     static __bss_end_exclusive: u8;
     static __stacks_start: u8;
     static __stacks_end_exclusive: u8;
-    static __kernel_end_exclusive: u8;
 }
 
 fn addr(symbol: &u8) -> u64 {
