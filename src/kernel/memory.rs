@@ -242,7 +242,8 @@ pub fn discover(x0: u64) -> Result<(Machine, MemoryPlan), BootError> {
 /// Reads the tree at `address`: in place, or from a copy where it sits at address 0 (no Rust
 /// reference can point there) or its property names need filtering (`machine::dtb`).
 fn read_device_tree(address: u64, size: u64) -> Result<Machine, BootError> {
-    // SAFETY: this runs once, on CPU 0 alone (see `Scratch`); nothing else uses the buffer.
+    // SAFETY: CPU 0 alone calls this, at EL3 and then at EL1, never both at once (see `Scratch`);
+    // nothing else uses the buffer.
     let scratch = unsafe { &mut *DTB_SCRATCH.0.get() };
     let error = |error| BootError::DeviceTree { address, error };
     if address == 0 {
