@@ -11,8 +11,10 @@
 //!   syndrome decoding), [`machine`] (the memory map and devices from the device tree, and where the
 //!   kernel's regions go in it), [`mmu`] (descriptors, tables, audit), [`poke`] (instruction encoding, CMODX
 //!   rules, cache-maintenance plans), [`pack`] (the slot allocator);
-//! - `arch::aarch64`: assembly, system registers, TLB and cache instructions;
-//! - `kernel` and `board`: the bare-metal runtime that hosts the manager (only on `target_os = "none"`).
+//! - `arch::aarch64`: system registers, TLB and cache instructions (every AArch64 target);
+//! - [`runtime`]: the demo kernel that hosts the manager (boot code, vectors, console, heap, panic
+//!   handler, global allocator, board glue). Only with the `runtime` feature on `target_os = "none"`:
+//!   a kernel that depends on execmem without it gets no symbol, lang item or link argument of it.
 
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -33,7 +35,5 @@ pub mod poke;
 #[cfg(target_arch = "aarch64")]
 pub mod arch;
 
-#[cfg(target_os = "none")]
-pub mod board;
-#[cfg(target_os = "none")]
-pub mod kernel;
+#[cfg(all(target_os = "none", feature = "runtime"))]
+pub mod runtime;

@@ -8,8 +8,8 @@
 #[cfg(target_os = "none")]
 mod demo {
     use execmem::bench::workload::{Rng, bpf_size};
-    use execmem::kernel::slot::{self, ExecSlot};
-    use execmem::kernel::{exec_pool, memory, mmu, poke, report};
+    use execmem::runtime::slot::{self, ExecSlot};
+    use execmem::runtime::{exec_pool, memory, mmu, poke, report};
     use execmem::layout::Size;
     use execmem::poke::insn::{self, CodeBuf, W0};
     use execmem::println;

@@ -5,20 +5,20 @@
 #![no_std]
 #![no_main]
 
-use execmem::kernel::{self, bench};
+use execmem::runtime::{self, bench};
 use execmem::tests;
 
 execmem::entry!(main);
 
 fn main() {
-    kernel::testing::run("bench_smoke", tests![benchmark_runs_at_smoke_scale]);
+    runtime::testing::run("bench_smoke", tests![benchmark_runs_at_smoke_scale]);
 }
 
 fn benchmark_runs_at_smoke_scale() {
     bench::run(bench::Scale::Smoke);
-    assert!(kernel::exec_pool::audit().is_empty());
+    assert!(runtime::exec_pool::audit().is_empty());
     assert_eq!(
-        kernel::slot::stats().bytes_live,
+        runtime::slot::stats().bytes_live,
         0,
         "the benchmark frees what it allocated"
     );

@@ -12,11 +12,11 @@ use core::ptr;
 use aarch64_cpu::registers::{DAIF, Readable};
 use arm_gic::IntId;
 use arm_gic::gicv2::GicV2;
-use execmem::arch::aarch64::boot::{El2Stub, el2_stub_call, el2_stub_present};
+use execmem::runtime::boot::{El2Stub, el2_stub_call, el2_stub_present};
 use execmem::arch::aarch64::cpu;
-use execmem::board;
+use execmem::runtime::board;
 use execmem::fault::{Access, ExceptionClass, FaultStatus};
-use execmem::kernel::{
+use execmem::runtime::{
     self,
     fault::{Resume, catch},
     memory,
@@ -29,7 +29,7 @@ use execmem::{println, tests};
 execmem::entry!(main);
 
 fn main() {
-    kernel::testing::run(
+    runtime::testing::run(
         "boot",
         tests![
             runs_at_el1,
@@ -55,7 +55,7 @@ fn runs_at_el1() {
 }
 
 fn entry_level_is_plausible() {
-    let el = kernel::boot_info().entry_el;
+    let el = runtime::boot_info().entry_el;
     assert!((1..=3).contains(&el), "entry EL{el}");
     println!("  entered at EL{el}");
 }
@@ -81,9 +81,9 @@ fn heap_allocates_and_frees() {
         map.insert(i.wrapping_mul(2_654_435_761), i);
     }
     assert_eq!(map.len(), 1000);
-    let (used_before, _) = kernel::heap::usage();
+    let (used_before, _) = runtime::heap::usage();
     drop((v, big, map));
-    let (used_after, total) = kernel::heap::usage();
+    let (used_after, total) = runtime::heap::usage();
     assert!(used_after < used_before && total > 0);
 }
 
@@ -185,7 +185,7 @@ fn serror_and_irq_are_unmasked() {
 /// below us the stub makes a virtual one pending (HCR_EL2.VSE). Entered at EL1 there is no EL2 to
 /// ask (virt-el1), which the case says.
 fn serror_is_taken_and_decoded() {
-    if !el2_stub_present(kernel::boot_info().entry_el) {
+    if !el2_stub_present(runtime::boot_info().entry_el) {
         println!("  entered at EL1: no EL2 stub to raise a virtual SError; nothing to provoke one");
         return;
     }
@@ -213,7 +213,7 @@ fn serror_is_taken_and_decoded() {
 fn timer_frequency_is_set() {
     let hz = cpu::timer_frequency();
     println!("  CNTFRQ_EL0 = {hz} Hz");
-    if kernel::boot_info().entry_el == 3 {
+    if runtime::boot_info().entry_el == 3 {
         let expected = memory::machine().timer_hz.unwrap_or(board::TIMER_HZ);
         assert_eq!(hz, u64::from(expected));
     } else {
@@ -225,7 +225,7 @@ fn timer_frequency_is_set() {
 /// Group 0, which a GIC-400 with the Security Extensions resets to, the write would be ignored
 /// (arm-gic reads the enable back and reports it). QEMU's GICs here have no Security Extensions
 /// (printed), so in QEMU this passes whoever set the groups; on a Pi entered at EL3 it needs
-/// `kernel::firmware`.
+/// `runtime::firmware`.
 fn gic_interrupts_are_usable_by_the_kernel() {
     let Some(Gic::V2 {
         distributor,

@@ -12,11 +12,11 @@ use alloc::{boxed::Box, vec, vec::Vec};
 use core::ptr;
 
 use execmem::arch::aarch64::mmu as hw;
-use execmem::board;
+use execmem::runtime::board;
 use execmem::fault::{Access, ExceptionClass, FaultReport, FaultStatus};
-use execmem::kernel::fault::{Resume, catch};
-use execmem::kernel::memory::KernelImage;
-use execmem::kernel::{self, exec_pool, memory, mmu};
+use execmem::runtime::fault::{Resume, catch};
+use execmem::runtime::memory::KernelImage;
+use execmem::runtime::{self, exec_pool, memory, mmu};
 use execmem::mmu::{
     AddressSpace, AuditContext, BLOCK_SIZE_2M, El1And0, Granularity, NoMaintenance, Role, Rule,
 };
@@ -26,7 +26,7 @@ use execmem::{println, tests};
 execmem::entry!(main);
 
 fn main() {
-    kernel::testing::run(
+    runtime::testing::run(
         "mmu",
         tests![
             mmu_is_on_with_wxn,

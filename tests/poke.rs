@@ -13,10 +13,10 @@ use alloc::vec::Vec;
 use core::ptr;
 
 use execmem::arch::aarch64::cpu;
-use execmem::board;
+use execmem::runtime::board;
 use execmem::fault::ExceptionClass;
-use execmem::kernel::fault::{Resume, catch};
-use execmem::kernel::{self, exec_pool, memory, mmu, poke};
+use execmem::runtime::fault::{Resume, catch};
+use execmem::runtime::{self, exec_pool, memory, mmu, poke};
 use execmem::mmu::BLOCK_SIZE_2M;
 use execmem::poke::cache::Clean;
 use execmem::poke::insn::{self, CodeBuf, W0, X0};
@@ -32,7 +32,7 @@ fn pack() -> u64 {
 
 fn main() {
     exec_pool::map_pack(pack()).expect("map a pack for the poke tests");
-    kernel::testing::run(
+    runtime::testing::run(
         "poke",
         tests![
             maintenance_plan_matches_the_cpu,

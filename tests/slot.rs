@@ -12,9 +12,9 @@ use alloc::vec::Vec;
 
 use execmem::bench::workload::{Rng, bpf_size};
 use execmem::fault::ExceptionClass;
-use execmem::kernel::fault::{Resume, catch};
-use execmem::kernel::slot::{self, ExecSlot};
-use execmem::kernel::{self, exec_pool, memory};
+use execmem::runtime::fault::{Resume, catch};
+use execmem::runtime::slot::{self, ExecSlot};
+use execmem::runtime::{self, exec_pool, memory};
 use execmem::pack::AllocError;
 use execmem::poke::insn::{self, CodeBuf, W0};
 use execmem::{println, tests};
@@ -22,7 +22,7 @@ use execmem::{println, tests};
 execmem::entry!(main);
 
 fn main() {
-    kernel::testing::run(
+    runtime::testing::run(
         "slot",
         tests![
             bad_requests_are_refused,

@@ -5,7 +5,7 @@ use tock_registers::{
     interfaces::ReadWriteable, register_bitfields, register_structs, registers::ReadWrite,
 };
 
-use crate::kernel::mmio::Mmio;
+use crate::runtime::mmio::Mmio;
 use crate::layout::Region;
 use crate::machine::plan::Needs;
 use crate::machine::{Cpu, EnableMethod, Gic, Machine};

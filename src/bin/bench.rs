@@ -1,4 +1,4 @@
-//! The benchmark kernel (`make bench`): boots, then runs `kernel::bench` at full scale under
+//! The benchmark kernel (`make bench`): boots, then runs `runtime::bench` at full scale under
 //! QEMU `-icount shift=0`, where the PMU's instruction count is exact.
 
 #![cfg_attr(target_os = "none", no_std)]
@@ -7,7 +7,7 @@
 #[cfg(target_os = "none")]
 mod bench {
     fn main() {
-        execmem::kernel::bench::run(execmem::kernel::bench::Scale::Full);
+        execmem::runtime::bench::run(execmem::runtime::bench::Scale::Full);
     }
 
     execmem::entry!(main);

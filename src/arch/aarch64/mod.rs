@@ -1,8 +1,7 @@
-//! AArch64: boot assembly, exception vectors, system-register access.
+//! AArch64: system registers, TLB and cache instructions. No entry code and no vectors: those
+//! belong to whatever kernel runs the manager (the demo's are in `runtime`).
 
-pub mod boot;
 pub mod cache;
 pub mod cpu;
-pub mod exception;
 pub mod mmu;
 pub mod pmu;

@@ -1,6 +1,6 @@
 //! Exception entry: the vector table (vectors.s) saves an [`ExceptionFrame`] and calls
 //! [`handle_exception`], which reads the syndrome registers and hands a decoded
-//! [`FaultReport`] to the kernel's policy (`kernel::fault`).
+//! [`FaultReport`] to the kernel's policy (`runtime::fault`).
 
 use aarch64_cpu::registers::{ELR_EL1, ESR_EL1, FAR_EL1, Readable};
 
@@ -84,9 +84,9 @@ extern "C" fn handle_exception(kind: u64, frame: &mut ExceptionFrame) {
             far: FAR_EL1.get(),
             elr: frame.elr,
         };
-        crate::kernel::fault::on_exception(kind, report, frame);
+        crate::runtime::fault::on_exception(kind, report, frame);
     } else {
-        crate::kernel::fault::on_interrupt(kind, frame);
+        crate::runtime::fault::on_interrupt(kind, frame);
     }
 }
 
@@ -99,5 +99,5 @@ extern "C" fn handle_stack_overflow(kind: u64, sp: u64) -> ! {
         far: FAR_EL1.get(),
         elr: ELR_EL1.get(),
     };
-    crate::kernel::fault::on_stack_overflow(VectorKind(kind), sp, report)
+    crate::runtime::fault::on_stack_overflow(VectorKind(kind), sp, report)
 }

@@ -2,11 +2,14 @@
 //! exceptions, panic, and how a run ends.
 //!
 //! A kernel binary (the demo, each QEMU test, the benchmark) links this library and names its main
-//! function with [`entry!`](crate::entry); `_start` (arch/aarch64/boot.s) reaches [`start`], which
+//! function with [`entry!`](crate::entry); `_start` (runtime/boot.s) reaches [`start`], which
 //! brings the machine up and calls it.
 
 pub mod bench;
+pub mod board;
+pub mod boot;
 pub mod console;
+pub mod exception;
 pub mod exec_pool;
 pub mod fault;
 mod firmware;
@@ -28,7 +31,6 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use spin::Once;
 
 use crate::arch::aarch64::cpu;
-use crate::board;
 
 /// Facts about this boot, for the report and for tests.
 #[derive(Clone, Copy, Debug)]

@@ -17,8 +17,8 @@ use core::ptr::NonNull;
 use arm_gic::gicv2::{GicV2, registers::Gicc};
 use safe_mmio::{UniqueMmioPointer, field};
 
-use crate::board;
-use crate::kernel::memory;
+use crate::runtime::board;
+use crate::runtime::memory;
 use crate::machine::Gic;
 
 /// CPU 0's findings for the other CPUs: the timer frequency (0 until published), GICD, GICC. In

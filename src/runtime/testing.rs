@@ -2,7 +2,8 @@
 //! runs its cases in order; the runner (tests/runner/qemu) counts the `... ok` lines and reads the
 //! verdict from the semihosting exit status. A failing case panics, which ends the run with failure.
 
-use crate::{board, kernel, println};
+use crate::runtime::{self, board};
+use crate::println;
 
 /// One test case.
 pub struct Test {
@@ -16,13 +17,13 @@ pub struct Test {
 #[macro_export]
 macro_rules! tests {
     ($($case:path),* $(,)?) => {
-        &[$($crate::kernel::testing::Test { name: stringify!($case), run: $case }),*]
+        &[$($crate::runtime::testing::Test { name: stringify!($case), run: $case }),*]
     };
 }
 
 /// Runs every case, then ends the run with success.
 pub fn run(suite: &str, tests: &[Test]) {
-    let boot = kernel::boot_info();
+    let boot = runtime::boot_info();
     println!(
         "suite {suite}: {} tests on {} (entered at EL{})",
         tests.len(),

@@ -1,11 +1,11 @@
 //! The boot report `make run` prints: where we entered, which CPU, its caches, the memory map.
 
 use crate::arch::aarch64::cpu;
-use crate::board;
+use crate::runtime::board;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::kernel::{boot_info, heap, memory};
+use crate::runtime::{boot_info, heap, memory};
 use crate::layout::{Region, Size};
 use crate::machine::{EnableMethod, Gic, PsciConduit};
 use crate::println;

@@ -13,8 +13,8 @@ use aarch64_cpu::registers::{DAIF, Readable, Writeable};
 use spin::Mutex;
 
 use crate::arch::aarch64::{cache, cpu, mmu::BroadcastTlb};
-use crate::board;
-use crate::kernel::{exec_pool, memory, mmu};
+use crate::runtime::board;
+use crate::runtime::{exec_pool, memory, mmu};
 use crate::mmu::{AddressSpace, El1And0, PAGE_SIZE, Role, TlbMaintenance};
 use crate::poke::{self, ExecRegion, INSN_BYTES, PokeError};
 

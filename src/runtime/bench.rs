@@ -26,7 +26,7 @@ use crate::bench::bpf_prog_pack::BpfProgPack;
 use crate::bench::buddy::BuddySlots;
 use crate::bench::workload::{self, LiveSet, Pairs, Rng};
 use crate::bench::{NullBackend, NullSlots, SlotAllocator};
-use crate::kernel::{exec_pool, poke, slot};
+use crate::runtime::{exec_pool, poke, slot};
 use crate::pack::{PACK_SIZE, PackAllocator};
 use crate::poke::insn;
 use crate::println;

@@ -14,8 +14,8 @@ use buddy_system_allocator::FrameAllocator;
 use spin::RwLock;
 
 use crate::arch::aarch64::{cache, mmu as hw, mmu::BroadcastTlb};
-use crate::kernel::memory;
-use crate::kernel::mmu::{fixmap_fill_block, with_tables};
+use crate::runtime::memory;
+use crate::runtime::mmu::{fixmap_fill_block, with_tables};
 use crate::layout::Region;
 use crate::mmu::{
     AuditContext, BLOCK_SIZE_2M, El1And0, Granularity, MapError, Role, Violation, audit_root,

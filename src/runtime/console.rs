@@ -5,7 +5,7 @@ use core::fmt::{self, Write};
 use spin::mutex::SpinMutex;
 
 use super::pl011::Pl011;
-use crate::board;
+use crate::runtime::board;
 use crate::layout::Region;
 
 // SAFETY: the board names the address of its console PL011, and only this static drives it. `init`
@@ -59,12 +59,12 @@ pub fn write_fmt_emergency(args: fmt::Arguments<'_>) {
 /// Prints to the console.
 #[macro_export]
 macro_rules! print {
-    ($($arg:tt)*) => ($crate::kernel::console::write_fmt(format_args!($($arg)*)));
+    ($($arg:tt)*) => ($crate::runtime::console::write_fmt(format_args!($($arg)*)));
 }
 
 /// Prints to the console, with a newline.
 #[macro_export]
 macro_rules! println {
     () => ($crate::print!("\n"));
-    ($($arg:tt)*) => ($crate::kernel::console::write_fmt(format_args!("{}\n", format_args!($($arg)*))));
+    ($($arg:tt)*) => ($crate::runtime::console::write_fmt(format_args!("{}\n", format_args!($($arg)*))));
 }

@@ -1,4 +1,4 @@
-//! The kernel's address space, built once at boot from the memory map (`kernel::memory`: the device
+//! The kernel's address space, built once at boot from the memory map (`runtime::memory`: the device
 //! tree's, placed by `machine::plan`) and the linked image,
 //! then switched on with `SCTLR_EL1.WXN` set.
 //!
@@ -28,8 +28,8 @@ use core::fmt;
 use spin::{Mutex, Once};
 
 use crate::arch::aarch64::{cpu, mmu as hw};
-use crate::board;
-use crate::kernel::memory::{self, KernelImage};
+use crate::runtime::board;
+use crate::runtime::memory::{self, KernelImage};
 use crate::layout::{self, Region, Size};
 use crate::machine::Machine;
 use crate::machine::plan::MemoryPlan;
@@ -242,7 +242,7 @@ pub fn with_tables<T>(f: impl FnOnce(&mut AddressSpace<El1And0>) -> T) -> T {
     let mut guard = TABLES.lock();
     let tables = guard
         .as_mut()
-        .expect("kernel::mmu::init runs before anything maps");
+        .expect("runtime::mmu::init runs before anything maps");
     f(tables)
 }
 

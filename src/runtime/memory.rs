@@ -7,10 +7,10 @@ use core::fmt;
 
 use spin::Once;
 
-use crate::arch::aarch64::boot::{MAX_CPUS, STACK_GUARD_SIZE, STACK_SIZE};
+use crate::runtime::boot::{MAX_CPUS, STACK_GUARD_SIZE, STACK_SIZE};
 use crate::arch::aarch64::cpu;
-use crate::board;
-use crate::kernel::mmu::{LayoutError, check_exec_layout};
+use crate::runtime::board;
+use crate::runtime::mmu::{LayoutError, check_exec_layout};
 use crate::layout::Region;
 use crate::machine::dtb::{self, DtbError};
 use crate::machine::plan::{self, MemoryPlan, PlanError};
@@ -167,7 +167,7 @@ const DTB_SCRATCH_SIZE: usize = 128 << 10;
 
 struct Scratch(UnsafeCell<[u8; DTB_SCRATCH_SIZE]>);
 
-// SAFETY: used by CPU 0 alone, before any other CPU runs Rust at EL1: at EL3 (`kernel::firmware`,
+// SAFETY: used by CPU 0 alone, before any other CPU runs Rust at EL1: at EL3 (`runtime::firmware`,
 // while the other CPUs wait) and again at EL1 (`discover`), one after the other.
 unsafe impl Sync for Scratch {}
 

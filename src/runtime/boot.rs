@@ -1,5 +1,5 @@
 //! Entry point `_start` (boot.s): drops from EL3 or EL2 to EL1, enables FP/SIMD, installs the
-//! vectors, parks secondary CPUs, zeroes .bss and calls [`kernel_entry`](crate::kernel::start).
+//! vectors, parks secondary CPUs, zeroes .bss and calls [`kernel_entry`](crate::runtime::start).
 
 /// CPUs the boot code has a stack for; any others stay parked.
 pub const MAX_CPUS: usize = 4;

@@ -6,9 +6,9 @@ use core::sync::atomic::{AtomicU8, Ordering, compiler_fence};
 
 use spin::Mutex;
 
-use crate::arch::aarch64::exception::{ExceptionFrame, VectorKind};
+use crate::runtime::exception::{ExceptionFrame, VectorKind};
 use crate::fault::{ExceptionClass, FaultReport};
-use crate::kernel::console::write_fmt_emergency;
+use crate::runtime::console::write_fmt_emergency;
 
 /// Where execution continues after an expected fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,7 +56,7 @@ pub fn catch(resume: Resume, f: impl FnOnce()) -> Option<FaultReport> {
 /// Synchronous exceptions and SErrors (called by the arch layer).
 pub(crate) fn on_exception(kind: VectorKind, report: FaultReport, frame: &mut ExceptionFrame) {
     // A load and a store, not a swap: this also runs before the MMU is on, where an atomic
-    // read-modify-write may never complete (see `kernel::locks_ready`).
+    // read-modify-write may never complete (see `runtime::locks_ready`).
     let armed = ARMED.load(Ordering::SeqCst);
     ARMED.store(DISARMED, Ordering::SeqCst);
     let serror = report.class() == ExceptionClass::SError;

@@ -5,7 +5,7 @@
 //! may leave a tree without passing it in x0), `STATIC_RAM` (RAM every variant has), `UART`,
 //! `UART_CLOCK_HZ`, `TIMER_HZ`, `OTHER_DEVICES`, `NEEDS` (what to place in RAM), `static_machine()`
 //! (the fallback when no device tree is found) and `init_console_pins()`. RAM, CPUs and the GIC,
-//! UART and PSCI conduit come from the device tree (`kernel::memory`).
+//! UART and PSCI conduit come from the device tree (`runtime::memory`).
 
 #[cfg(all(feature = "board-virt", feature = "board-rpi4"))]
 compile_error!(

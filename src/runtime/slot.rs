@@ -18,7 +18,7 @@ use core::fmt;
 
 use spin::{Mutex, Once};
 
-use crate::kernel::{exec_pool, memory, poke};
+use crate::runtime::{exec_pool, memory, poke};
 use crate::pack::{
     AllocError, BackendError, MAX_PACKS, PACK_SIZE, PackAllocator, PackBackend, Slot, Stats,
 };
