@@ -8,11 +8,11 @@
 #[cfg(target_os = "none")]
 mod demo {
     use execmem::bench::workload::{Rng, bpf_size};
-    use execmem::runtime::slot::{self, ExecSlot};
-    use execmem::runtime::{exec_pool, memory, mmu, poke, report};
     use execmem::layout::Size;
     use execmem::poke::insn::{self, CodeBuf, W0};
     use execmem::println;
+    use execmem::runtime::slot::{self, ExecSlot};
+    use execmem::runtime::{exec_pool, memory, mmu, poke, report};
 
     fn main() {
         report::print_boot_report();

@@ -12,18 +12,18 @@ use core::ptr;
 use aarch64_cpu::registers::{DAIF, Readable};
 use arm_gic::IntId;
 use arm_gic::gicv2::GicV2;
-use execmem::runtime::boot::{El2Stub, el2_stub_call, el2_stub_present};
 use execmem::arch::aarch64::cpu;
-use execmem::runtime::board;
 use execmem::fault::{Access, ExceptionClass, FaultStatus};
+use execmem::layout::Region;
+use execmem::machine::Gic;
+use execmem::machine::Source;
+use execmem::runtime::board;
+use execmem::runtime::boot::{El2Stub, el2_stub_call, el2_stub_present};
 use execmem::runtime::{
     self,
     fault::{Resume, catch},
     memory,
 };
-use execmem::layout::Region;
-use execmem::machine::Gic;
-use execmem::machine::Source;
 use execmem::{println, tests};
 
 execmem::entry!(main);

@@ -12,15 +12,15 @@ use alloc::{boxed::Box, vec, vec::Vec};
 use core::ptr;
 
 use execmem::arch::aarch64::mmu as hw;
-use execmem::runtime::board;
 use execmem::fault::{Access, ExceptionClass, FaultReport, FaultStatus};
-use execmem::runtime::fault::{Resume, catch};
-use execmem::runtime::memory::KernelImage;
-use execmem::runtime::{self, exec_pool, memory, mmu};
 use execmem::mmu::{
     AddressSpace, AuditContext, BLOCK_SIZE_2M, El1And0, Granularity, NoMaintenance, Role, Rule,
 };
 use execmem::poke::insn;
+use execmem::runtime::board;
+use execmem::runtime::fault::{Resume, catch};
+use execmem::runtime::memory::KernelImage;
+use execmem::runtime::{self, exec_pool, memory, mmu};
 use execmem::{println, tests};
 
 execmem::entry!(main);
@@ -76,8 +76,8 @@ fn expect_fetch_fault(addr: u64) -> FaultReport {
 }
 
 fn mmu_is_on_with_wxn() {
-    assert!(hw::is_enabled());
-    assert!(hw::wxn_enabled());
+    assert!(hw::is_enabled::<El1And0>());
+    assert!(hw::wxn_enabled::<El1And0>());
 }
 
 fn audit_is_clean_after_boot() {

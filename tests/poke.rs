@@ -13,14 +13,14 @@ use alloc::vec::Vec;
 use core::ptr;
 
 use execmem::arch::aarch64::cpu;
-use execmem::runtime::board;
 use execmem::fault::ExceptionClass;
-use execmem::runtime::fault::{Resume, catch};
-use execmem::runtime::{self, exec_pool, memory, mmu, poke};
 use execmem::mmu::BLOCK_SIZE_2M;
 use execmem::poke::cache::Clean;
 use execmem::poke::insn::{self, CodeBuf, W0, X0};
 use execmem::poke::{ExecRegion, PokeError};
+use execmem::runtime::board;
+use execmem::runtime::fault::{Resume, catch};
+use execmem::runtime::{self, exec_pool, memory, mmu, poke};
 use execmem::{println, tests};
 
 execmem::entry!(main);

@@ -12,11 +12,11 @@ use alloc::vec::Vec;
 
 use execmem::bench::workload::{Rng, bpf_size};
 use execmem::fault::ExceptionClass;
+use execmem::pack::AllocError;
+use execmem::poke::insn::{self, CodeBuf, W0};
 use execmem::runtime::fault::{Resume, catch};
 use execmem::runtime::slot::{self, ExecSlot};
 use execmem::runtime::{self, exec_pool, memory};
-use execmem::pack::AllocError;
-use execmem::poke::insn::{self, CodeBuf, W0};
 use execmem::{println, tests};
 
 execmem::entry!(main);

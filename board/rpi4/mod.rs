@@ -5,10 +5,10 @@ use tock_registers::{
     interfaces::ReadWriteable, register_bitfields, register_structs, registers::ReadWrite,
 };
 
-use crate::runtime::mmio::Mmio;
 use crate::layout::Region;
 use crate::machine::plan::Needs;
 use crate::machine::{Cpu, EnableMethod, Gic, Machine};
+use crate::runtime::mmio::Mmio;
 
 /// Short name, as in `BOARD=rpi4`.
 pub const NAME: &str = "rpi4";

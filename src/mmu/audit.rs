@@ -15,7 +15,7 @@ use core::fmt;
 use core::ops::Range;
 
 use super::descriptor::{Permissions, Regime, Role};
-use super::table::{AddressSpace, Leaf, walk_root};
+use super::table::{AddressSpace, Leaf, TableAccess, TableMemory, TableRoot, walk_root};
 
 /// What the audit needs to know about the exec-memory layout.
 #[derive(Clone, Debug, Default)]
@@ -111,15 +111,19 @@ impl fmt::Display for Violation {
     }
 }
 
-/// Audits the tables under `root_pa` of regime `R` and returns every violation, in VA order
-/// (the live-pack checks last).
+/// Audits the tables under `root` of regime `R`, reached through `access`, and returns every
+/// violation, in VA order (the live-pack checks last).
 ///
 /// # Safety
 ///
-/// As for [`walk_root`]: `root_pa` is the identity-mapped address of a readable level-1 table,
-/// every table descriptor reachable from it points to a readable 4 KiB table, and none of them
-/// is freed during the call.
-pub unsafe fn audit_root<R: Regime>(root_pa: u64, context: &AuditContext<'_>) -> Vec<Violation> {
+/// As for [`walk_root`]: `root.pa` is the physical address of a readable root table reached
+/// through `access`, every table descriptor reachable from it points to a readable 4 KiB table,
+/// and none of them is freed during the call.
+pub unsafe fn audit_root<R: Regime>(
+    root: TableRoot,
+    access: &impl TableAccess,
+    context: &AuditContext<'_>,
+) -> Vec<Violation> {
     let mut violations = Vec::new();
     // For each live pack, the leaf that maps its first byte, if any.
     let mut pack_leaves: Vec<Option<Leaf<R>>> = Vec::new();
@@ -143,7 +147,7 @@ pub unsafe fn audit_root<R: Regime>(root_pa: u64, context: &AuditContext<'_>) ->
         }
     };
     // SAFETY: the caller's contract is that of `walk_root`.
-    unsafe { walk_root::<R>(root_pa, visit) };
+    unsafe { walk_root::<R>(root, access, visit) };
 
     // A writable view of memory that is executable elsewhere (the exec frames are covered per leaf
     // above, mapped or not; this catches e.g. a writable alias of kernel text).
@@ -193,12 +197,12 @@ pub unsafe fn audit_root<R: Regime>(root_pa: u64, context: &AuditContext<'_>) ->
     violations
 }
 
-impl<R: Regime> AddressSpace<R> {
+impl<R: Regime, M: TableMemory> AddressSpace<R, M> {
     /// Audits this address space (see [`audit_root`]).
     pub fn audit(&self, context: &AuditContext<'_>) -> Vec<Violation> {
         // SAFETY: the root and every table reachable from it are owned by `self` and freed only
         // when it is dropped (the `AddressSpace` invariant).
-        unsafe { audit_root::<R>(self.root_pa(), context) }
+        unsafe { audit_root::<R>(self.root(), self.memory(), context) }
     }
 }
 
@@ -610,7 +614,13 @@ mod tests {
         let mut space = clean::<El1And0>();
         patch(&mut space, PACKS[1], 2, |raw| raw & !(1 << 7)); // AP[2] clear: a writable pack
         // SAFETY: the root of a live space that outlives the call.
-        let from_root = unsafe { audit_root::<El1And0>(space.root_pa(), &context(&PACKS)) };
+        let from_root = unsafe {
+            audit_root::<El1And0>(
+                space.root(),
+                &crate::mmu::LinearMap::IDENTITY,
+                &context(&PACKS),
+            )
+        };
         assert_eq!(from_root, space.audit(&context(&PACKS)));
         let expected = [
             (PACKS[1], WritableExecutable),

@@ -311,15 +311,19 @@ mod sealed {
     pub trait Sealed {}
     impl Sealed for super::El1And0 {}
     impl Sealed for super::El2 {}
+    impl Sealed for super::El2And0 {}
 }
 
 /// A stage-1 translation regime: how roles become descriptor bits and how descriptor bits become
-/// permissions. Sealed: the two implementations below are the regimes this crate runs in.
+/// permissions. Sealed: the three implementations below are the regimes this crate runs in.
 pub trait Regime:
     sealed::Sealed + Copy + Eq + fmt::Debug + Default + Send + Sync + 'static
 {
     /// Name for messages.
     const NAME: &'static str;
+
+    /// Whether the regime has a TTBR1 (upper) VA range: EL1&0 and EL2&0 do, EL2 without VHE not.
+    const HAS_UPPER_RANGE: bool;
 
     /// The leaf attribute bits (AttrIndx, SH, AF, AP, nG, execute-never) of `role`.
     fn role_attributes(role: Role) -> LeafAttributes<Self>;
@@ -359,10 +363,41 @@ pub struct El1And0;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct El2;
 
+/// The EL2&0 translation regime of VHE (FEAT_VHE, HCR_EL2.E2H = 1; RES1 on some cores): the EL1&0
+/// descriptor format (PXN and UXN, AP\[1\] for EL0, nG) with TTBR0_EL2 and TTBR1_EL2, as a
+/// hypervisor like Linux/KVM in VHE mode runs its host kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct El2And0;
+
 impl Regime for El1And0 {
     const NAME: &'static str = "EL1&0";
+    const HAS_UPPER_RANGE: bool = true;
 
     fn role_attributes(role: Role) -> LeafAttributes<Self> {
+        el1_format_attributes(role)
+    }
+
+    fn permissions(leaf: LeafAttributes<Self>, table: TableAttributes, wxn: bool) -> Permissions {
+        el1_format_permissions(leaf.bits, table, wxn)
+    }
+}
+
+impl Regime for El2And0 {
+    const NAME: &'static str = "EL2&0";
+    const HAS_UPPER_RANGE: bool = true;
+
+    fn role_attributes(role: Role) -> LeafAttributes<Self> {
+        el1_format_attributes(role)
+    }
+
+    fn permissions(leaf: LeafAttributes<Self>, table: TableAttributes, wxn: bool) -> Permissions {
+        el1_format_permissions(leaf.bits, table, wxn)
+    }
+}
+
+/// Leaf attributes in the two-privilege-level format of EL1&0 and EL2&0 (Arm ARM D8.3).
+fn el1_format_attributes<R: Regime>(role: Role) -> LeafAttributes<R> {
+    {
         let ap = if role.writable() {
             EL1_LEAF::AP::RW_EL1
         } else {
@@ -376,9 +411,12 @@ impl Regime for El1And0 {
         let specific = ap + pxn + EL1_LEAF::UXN::SET + EL1_LEAF::NG::Global;
         LeafAttributes::from_descriptor(role.common_attributes() | raw_value(specific))
     }
+}
 
-    fn permissions(leaf: LeafAttributes<Self>, table: TableAttributes, wxn: bool) -> Permissions {
-        let bits = LocalRegisterCopy::<u64, EL1_LEAF::Register>::new(leaf.bits);
+/// Privileged permissions in the EL1&0 / EL2&0 format.
+fn el1_format_permissions(leaf: u64, table: TableAttributes, wxn: bool) -> Permissions {
+    {
+        let bits = LocalRegisterCopy::<u64, EL1_LEAF::Register>::new(leaf);
         let ap = bits.read_as_enum(EL1_LEAF::AP);
         let leaf_writable = matches!(
             ap,
@@ -404,6 +442,7 @@ impl Regime for El1And0 {
 
 impl Regime for El2 {
     const NAME: &'static str = "EL2";
+    const HAS_UPPER_RANGE: bool = false;
 
     fn role_attributes(role: Role) -> LeafAttributes<Self> {
         let ap = if role.writable() {

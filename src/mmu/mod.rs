@@ -24,11 +24,13 @@
 //!   [`AddressSpace::leaf_entry_ptr`] with a TLBI after each clear. Outside a poke the window is
 //!   empty, and the audit reports any slot left valid.
 //!
-//! Addresses: the walk uses a 39-bit VA ([`T0SZ`] = 25, starting at level 1) and 48-bit output
-//! addresses; a table's physical address is its pointer value (the kernel heap is identity
-//! mapped).
+//! Addresses: a [`VaRange`] of 31 to 48 bits in the TTBR0 or TTBR1 half (the demo kernel's is 39
+//! bits of TTBR0, [`T0SZ`] = 25, starting at level 1), 48-bit output addresses; tables are reached
+//! through the kernel's map of table memory ([`TableAccess`]: identity in the demo kernel, a
+//! linear map at an offset in a higher-half kernel).
 
 pub mod audit;
+pub mod control;
 pub mod descriptor;
 pub mod table;
 
@@ -36,12 +38,13 @@ use core::fmt;
 
 pub use audit::{AuditContext, Rule, Violation, audit_root};
 pub use descriptor::{
-    BlockLevel, Descriptor, El1And0, El2, LeafAttributes, MAIR_EL1_VALUE, MemoryType, Permissions,
-    Regime, Role, Shareability, TableAttributes,
+    BlockLevel, Descriptor, El1And0, El2, El2And0, LeafAttributes, MAIR_EL1_VALUE, MemoryType,
+    Permissions, Regime, Role, Shareability, TableAttributes,
 };
 pub use table::{
-    AddressSpace, Granularity, Leaf, NoMaintenance, PageTable, RecordingMaintenance, T0SZ,
-    TlbEvent, TlbMaintenance, Translation, VA_BITS, VA_LIMIT, translate_root, walk_root,
+    AddressSpace, Granularity, HeapTables, Leaf, LinearMap, NoMaintenance, PageTable,
+    RecordingMaintenance, T0SZ, TableAccess, TableMemory, TableRoot, TlbEvent, TlbMaintenance,
+    Translation, VA_BITS, VA_LIMIT, VaRange, translate_root, walk_root,
 };
 
 /// Size of a translation granule and of a level-3 page.
@@ -81,7 +84,7 @@ pub enum MapError {
         /// The alignment required.
         align: u64,
     },
-    /// `va..va + size` leaves the range translated by TTBR0 ([`VA_LIMIT`]).
+    /// `va..va + size` leaves the address space's [`VaRange`].
     VaOutOfRange {
         /// Start of the range.
         va: u64,
@@ -119,6 +122,8 @@ pub enum MapError {
     },
     /// The allocator could not provide a translation table.
     OutOfMemory,
+    /// An upper (TTBR1) VA range was asked for in a regime that has only TTBR0 (EL2 without VHE).
+    NoUpperRange,
     /// The allocator returned a table at an address a descriptor cannot hold (at or above
     /// [`PA_LIMIT`]); it was given back.
     TableNotAddressable {
@@ -137,10 +142,7 @@ impl fmt::Display for MapError {
                 write!(f, "size {size:#x} not a multiple of {align:#x}")
             }
             Self::VaOutOfRange { va, size } => {
-                write!(
-                    f,
-                    "VA range {va:#x}+{size:#x} beyond the {VA_BITS}-bit VA space"
-                )
+                write!(f, "VA range {va:#x}+{size:#x} outside the address space")
             }
             Self::PaOutOfRange { pa, size } => {
                 write!(
@@ -163,6 +165,7 @@ impl fmt::Display for MapError {
             }
             Self::NotMapped { va } => write!(f, "VA {va:#x} is not mapped"),
             Self::OutOfMemory => write!(f, "out of memory for a translation table"),
+            Self::NoUpperRange => write!(f, "this translation regime has no upper (TTBR1) range"),
             Self::TableNotAddressable { pa } => {
                 write!(f, "table at {pa:#x} is beyond the {PA_BITS}-bit PA space")
             }

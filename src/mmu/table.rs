@@ -1,11 +1,13 @@
-//! Translation tables for a 39-bit VA space (TCR_ELx.T0SZ = 25: the walk starts at level 1), 4 KiB
-//! granule, and the operations that are safe to perform on live tables.
+//! Translation tables with a 4 KiB granule for a VA range of 31 to 48 bits, in the lower (TTBR0)
+//! or upper (TTBR1) half ([`VaRange`]: 39 bits start the walk at level 1, 48 bits at level 0), and
+//! the operations that are safe to perform on live tables.
 //!
 //! # Conventions
 //!
-//! - **Physical address = pointer value.** Tables come from the global allocator and the kernel
-//!   heap is identity mapped, so a table descriptor holds the table's pointer value. On the host
-//!   pointers are just numbers below 2^47 and the same code runs unchanged.
+//! - **Tables are reached through the kernel's own map.** A table descriptor holds a physical
+//!   address; [`TableAccess`] turns it into a pointer (identity, or a linear map at an offset, as
+//!   a higher-half kernel has), and [`TableMemory`] provides the frames. [`HeapTables`] takes them
+//!   from the global allocator (the demo kernel and the host tests).
 //! - **Tables are never freed while the [`AddressSpace`] lives.** A walker (or a walk cache) may
 //!   still hold a table that was unlinked; freeing it safely would need a TLBI covering the walk
 //!   cache first. Empty tables stay linked after [`AddressSpace::unmap`]; all tables are freed
@@ -28,29 +30,237 @@ use super::descriptor::{
 };
 use super::{BLOCK_SIZE_2M, MapError, PA_LIMIT, PAGE_SIZE};
 
-/// Bits of virtual address translated through TTBR0_ELx.
+/// Bits of virtual address of the demo kernel's space ([`VaRange::LOWER_39`]).
 pub const VA_BITS: u64 = 39;
 /// TCR_ELx.T0SZ for [`VA_BITS`]: with 25, the 4 KiB-granule walk starts at level 1.
 pub const T0SZ: u64 = 64 - VA_BITS;
-/// One past the highest virtual address the tables translate.
+/// One past the highest virtual address of [`VaRange::LOWER_39`].
 pub const VA_LIMIT: u64 = 1 << VA_BITS;
 
 const ENTRIES: usize = 512;
-const START_LEVEL: u8 = 1;
 const LEAF_LEVEL: u8 = 3;
 
-/// VA bit where the index for `level` (1 to 3) starts.
+/// VA bit where the index for `level` (0 to 3) starts.
 const fn index_shift(level: u8) -> u64 {
     12 + 9 * (LEAF_LEVEL - level) as u64
 }
 
-/// Bytes mapped by one entry of a table at `level` (1 to 3).
+/// Bytes mapped by one entry of a table at `level` (0 to 3).
 const fn entry_size(level: u8) -> u64 {
     1 << index_shift(level)
 }
 
 const fn entry_index(va: u64, level: u8) -> usize {
     ((va >> index_shift(level)) as usize) % ENTRIES
+}
+
+/// The virtual addresses one set of tables translates: `bits` of VA (TCR_ELx.TnSZ = 64 - bits) in
+/// the lower half (TTBR0_ELx: `0 .. 2^bits`) or the upper half (TTBR1_ELx, EL1&0 and EL2&0 only:
+/// `2^64 - 2^bits .. 2^64`). With 4 KiB pages the walk starts at level 0 above 39 bits, else at
+/// level 1 (Arm ARM D8.2, "translation table walk": the initial lookup level from TnSZ).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VaRange {
+    bits: u8,
+    upper: bool,
+}
+
+impl VaRange {
+    /// 39-bit TTBR0 range (T0SZ = 25, walk from level 1): the demo kernel's.
+    pub const LOWER_39: Self = Self {
+        bits: 39,
+        upper: false,
+    };
+    /// 48-bit TTBR0 range (T0SZ = 16, walk from level 0).
+    pub const LOWER_48: Self = Self {
+        bits: 48,
+        upper: false,
+    };
+    /// 39-bit TTBR1 range: `0xffff_ff80_0000_0000 ..`.
+    pub const UPPER_39: Self = Self {
+        bits: 39,
+        upper: true,
+    };
+    /// 48-bit TTBR1 range: `0xffff_0000_0000_0000 ..` (a higher-half kernel's).
+    pub const UPPER_48: Self = Self {
+        bits: 48,
+        upper: true,
+    };
+
+    /// The TTBR0 range of `bits` (31 to 48; fewer bits would start the walk at level 2).
+    pub const fn lower(bits: u8) -> Option<Self> {
+        Self::new(bits, false)
+    }
+
+    /// The TTBR1 range of `bits` (31 to 48).
+    pub const fn upper(bits: u8) -> Option<Self> {
+        Self::new(bits, true)
+    }
+
+    const fn new(bits: u8, upper: bool) -> Option<Self> {
+        if bits >= 31 && bits <= 48 {
+            Some(Self { bits, upper })
+        } else {
+            None
+        }
+    }
+
+    /// Bits of VA.
+    pub const fn bits(self) -> u8 {
+        self.bits
+    }
+
+    /// Whether this is the TTBR1 (upper) range.
+    pub const fn is_upper(self) -> bool {
+        self.upper
+    }
+
+    /// TCR_ELx.T0SZ or T1SZ for this range.
+    pub const fn tcr_size_offset(self) -> u64 {
+        64 - self.bits as u64
+    }
+
+    /// The level the walk starts at.
+    pub const fn start_level(self) -> u8 {
+        if self.bits > 39 { 0 } else { 1 }
+    }
+
+    /// The first VA of the range.
+    pub const fn first(self) -> u64 {
+        if self.upper { !0 << self.bits } else { 0 }
+    }
+
+    /// Bytes the range spans.
+    pub const fn size(self) -> u64 {
+        1 << self.bits
+    }
+
+    /// Whether `va .. va + size` lies inside the range (`size` may be 0).
+    pub const fn contains_range(self, va: u64, size: u64) -> bool {
+        let first = self.first() as u128;
+        let end = first + self.size() as u128;
+        let (va, size) = (va as u128, size as u128);
+        va >= first && va + size <= end
+    }
+
+    /// Whether `va` lies inside the range.
+    pub const fn contains(self, va: u64) -> bool {
+        self.contains_range(va, 1)
+    }
+
+    /// Entries of the root table that the range uses (512, fewer below 39 or 48 bits).
+    const fn root_entries(self) -> usize {
+        1 << (self.bits as u64 - index_shift(self.start_level()))
+    }
+
+    /// The index of `va` in its table at `level`.
+    const fn index(self, va: u64, level: u8) -> usize {
+        if level == self.start_level() {
+            ((va >> index_shift(level)) as usize) & (self.root_entries() - 1)
+        } else {
+            entry_index(va, level)
+        }
+    }
+}
+
+/// One set of live tables: the root's physical address and the VA range it translates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableRoot {
+    /// Physical address of the root table (the TTBR_ELx base address).
+    pub pa: u64,
+    /// What it translates.
+    pub range: VaRange,
+}
+
+/// How the running code reaches a translation table from its physical address (what a table
+/// descriptor holds): the kernel's own mapping of its table memory.
+pub trait TableAccess {
+    /// The address, in the running VA space, of the 4 KiB table at physical `pa`.
+    fn table_va(&self, pa: u64) -> *mut PageTable;
+}
+
+/// A linear map of table memory: VA = PA + `offset` (wrapping, so a higher-half linear map at
+/// `0xffff_8000_0000_0000` is an offset too). [`LinearMap::IDENTITY`] is VA = PA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LinearMap {
+    /// VA - PA.
+    pub offset: u64,
+}
+
+impl LinearMap {
+    /// VA = PA (the demo kernel: its heap is identity mapped).
+    pub const IDENTITY: Self = Self { offset: 0 };
+
+    /// The physical address of a table at `va` in this map.
+    pub fn pa_of(self, va: *const PageTable) -> u64 {
+        (va.expose_provenance() as u64).wrapping_sub(self.offset)
+    }
+}
+
+impl TableAccess for LinearMap {
+    fn table_va(&self, pa: u64) -> *mut PageTable {
+        ptr::with_exposed_provenance_mut(pa.wrapping_add(self.offset) as usize)
+    }
+}
+
+/// Frames for translation tables, provided by the kernel that owns the address space.
+///
+/// # Safety
+///
+/// [`TableMemory::alloc_table`] returns the physical address of a 4 KiB-aligned 4 KiB frame that
+/// nothing else uses until it is given to [`TableMemory::free_table`], readable and writable at
+/// [`TableAccess::table_va`] for as long as it is allocated. (It need not be zeroed: the address
+/// space zeroes every table before linking it.)
+pub unsafe trait TableMemory: TableAccess {
+    /// A table frame, or `None` when there is none.
+    fn alloc_table(&mut self) -> Option<u64>;
+
+    /// Gives back a frame from [`TableMemory::alloc_table`].
+    ///
+    /// # Safety
+    ///
+    /// `pa` came from `alloc_table` of this memory, is not freed yet, and no walker can reach
+    /// it (it was never linked, or the tables it was linked into are no longer live).
+    unsafe fn free_table(&mut self, pa: u64);
+}
+
+/// Table frames from the global allocator, reached through a [`LinearMap`] of the heap: identity in
+/// the demo kernel; any offset where the heap is mapped elsewhere.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HeapTables {
+    map: LinearMap,
+}
+
+impl HeapTables {
+    /// Identity-mapped heap.
+    pub const IDENTITY: Self = Self {
+        map: LinearMap::IDENTITY,
+    };
+
+    /// A heap whose VA is its PA + `map.offset`.
+    pub const fn with_map(map: LinearMap) -> Self {
+        Self { map }
+    }
+}
+
+impl TableAccess for HeapTables {
+    fn table_va(&self, pa: u64) -> *mut PageTable {
+        self.map.table_va(pa)
+    }
+}
+
+// SAFETY: every table is its own `PageTable`-layout (4 KiB, 4 KiB-aligned) heap block, owned by the
+// caller until freed; `table_va` undoes `pa_of` of the same map.
+unsafe impl TableMemory for HeapTables {
+    fn alloc_table(&mut self) -> Option<u64> {
+        // SAFETY: the layout has a non-zero size.
+        let table = NonNull::new(unsafe { alloc_zeroed(PageTable::LAYOUT) }.cast::<PageTable>())?;
+        Some(self.map.pa_of(table.as_ptr()))
+    }
+
+    unsafe fn free_table(&mut self, pa: u64) {
+        // SAFETY: the caller passes a block `alloc_table` returned, with this layout.
+        unsafe { dealloc(self.map.table_va(pa).cast(), PageTable::LAYOUT) };
+    }
 }
 
 /// One 4 KiB translation table: 512 descriptors.
@@ -74,11 +284,11 @@ struct Table {
 impl Table {
     /// # Safety
     ///
-    /// `pa` is the (identity-mapped) address of a [`PageTable`] that stays allocated, and is not
-    /// accessed through references, while the handle is used.
-    unsafe fn at(pa: u64) -> Self {
+    /// `pa` is the physical address of a [`PageTable`], reached through `access`, that stays
+    /// allocated, and is not accessed through references, while the handle is used.
+    unsafe fn at(access: &impl TableAccess, pa: u64) -> Self {
         Self {
-            base: ptr::with_exposed_provenance_mut(pa as usize),
+            base: access.table_va(pa).cast(),
         }
     }
 
@@ -112,18 +322,19 @@ struct Found<R: Regime> {
 
 /// # Safety
 ///
-/// `root_pa` is a live level-1 table, and so is every table reachable from it, for the call.
-unsafe fn find<R: Regime>(root_pa: u64, va: u64) -> Found<R> {
+/// `root.pa` is a live root table reached through `access`, and so is every table reachable from
+/// it, for the call; `va` is inside `root.range`.
+unsafe fn find<R: Regime>(root: TableRoot, access: &impl TableAccess, va: u64) -> Found<R> {
     // SAFETY: the caller's contract.
-    let mut table = unsafe { Table::at(root_pa) };
-    let mut level = START_LEVEL;
+    let mut table = unsafe { Table::at(access, root.pa) };
+    let mut level = root.range.start_level();
     loop {
-        let index = entry_index(va, level);
+        let index = root.range.index(va, level);
         let raw = table.read(index);
         match Descriptor::<R>::decode(raw, level) {
             Descriptor::Table { next, .. } if level < LEAF_LEVEL => {
                 // SAFETY: reachable from the root: the caller's contract.
-                table = unsafe { Table::at(next) };
+                table = unsafe { Table::at(access, next) };
                 level += 1;
             }
             descriptor => {
@@ -144,26 +355,71 @@ unsafe fn find<R: Regime>(root_pa: u64, va: u64) -> Found<R> {
 /// # Safety
 ///
 /// As for [`find`].
-unsafe fn locate(root_pa: u64, va: u64, level: u8) -> Option<(Table, usize)> {
-    // SAFETY: the caller's contract.
-    let mut table = unsafe { Table::at(root_pa) };
-    for current in START_LEVEL..level.min(LEAF_LEVEL + 1) {
-        let next = next_table_address(table.read(entry_index(va, current)), current)?;
-        // SAFETY: reachable from the root: the caller's contract.
-        table = unsafe { Table::at(next) };
+unsafe fn locate(
+    root: TableRoot,
+    access: &impl TableAccess,
+    va: u64,
+    level: u8,
+) -> Option<(Table, usize)> {
+    let start = root.range.start_level();
+    if !root.range.contains(va) || !(start..=LEAF_LEVEL).contains(&level) {
+        return None;
     }
-    (START_LEVEL..=LEAF_LEVEL)
-        .contains(&level)
-        .then(|| (table, entry_index(va, level)))
+    // SAFETY: the caller's contract.
+    let mut table = unsafe { Table::at(access, root.pa) };
+    for current in start..level {
+        let next = next_table_address(table.read(root.range.index(va, current)), current)?;
+        // SAFETY: reachable from the root: the caller's contract.
+        table = unsafe { Table::at(access, next) };
+    }
+    Some((table, root.range.index(va, level)))
 }
 
 // ---------------------------------------------------------------------------------------------
 // TLB maintenance
 // ---------------------------------------------------------------------------------------------
 
-/// The barriers and TLB invalidation a table change needs; the kernel implements it with the
-/// instructions, tests with [`RecordingMaintenance`].
-pub trait TlbMaintenance {
+/// The barriers and TLB invalidation a table change of regime `R` needs; the kernel implements it
+/// with the instructions, tests with [`RecordingMaintenance`].
+///
+/// The regime is a type parameter so that tables and maintenance cannot be mixed up: `TLBI VAAE1IS`
+/// does not remove EL2 entries, so EL1 maintenance on EL2 tables would leave a torn-down writable
+/// alias cached. An [`AddressSpace<R>`] only accepts a `TlbMaintenance<R>`: maintenance made for
+/// one regime (as `arch::aarch64::mmu::BroadcastTlb<El1And0>` is) does not compile on another's
+/// tables.
+///
+/// ```compile_fail,E0277
+/// use execmem::mmu::{AddressSpace, El1And0, El2, Granularity, Role, TlbMaintenance};
+///
+/// /// EL1&0 maintenance (the TLBI VAAE1IS kind).
+/// struct El1Tlb;
+/// impl TlbMaintenance<El1And0> for El1Tlb {
+///     fn invalidate_va(&mut self, _va: u64, _level: u8) {}
+///     fn publish(&mut self) {}
+/// }
+///
+/// let mut el2_tables = AddressSpace::<El2>::new().unwrap();
+/// // error[E0277]: the trait bound `El1Tlb: TlbMaintenance<El2>` is not satisfied
+/// el2_tables.map(0x4000_0000, 0x4000_0000, 4096, Role::Data, Granularity::Pages, &mut El1Tlb);
+/// ```
+///
+/// The same call with maintenance of the tables' own regime compiles:
+///
+/// ```
+/// use execmem::mmu::{AddressSpace, El2, Granularity, Role, TlbMaintenance};
+///
+/// struct El2Tlb;
+/// impl TlbMaintenance<El2> for El2Tlb {
+///     fn invalidate_va(&mut self, _va: u64, _level: u8) {}
+///     fn publish(&mut self) {}
+/// }
+///
+/// let mut el2_tables = AddressSpace::<El2>::new().unwrap();
+/// el2_tables
+///     .map(0x4000_0000, 0x4000_0000, 4096, Role::Data, Granularity::Pages, &mut El2Tlb)
+///     .unwrap();
+/// ```
+pub trait TlbMaintenance<R: Regime> {
     /// Called after a valid entry for `va` at `level` was written invalid, before anything else
     /// is written there. Kernel: `DSB ISHST; TLBI VAE1IS, va >> 12; DSB ISH` (`TLBI VAE2IS` in
     /// EL2): the store must be visible to the walkers before the broadcast invalidation, and the
@@ -182,7 +438,7 @@ pub trait TlbMaintenance {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoMaintenance;
 
-impl TlbMaintenance for NoMaintenance {
+impl<R: Regime> TlbMaintenance<R> for NoMaintenance {
     fn invalidate_va(&mut self, _va: u64, _level: u8) {}
     fn publish(&mut self) {}
 }
@@ -210,7 +466,7 @@ pub enum TlbEvent {
 pub struct RecordingMaintenance {
     /// The calls, in order.
     pub events: Vec<TlbEvent>,
-    observed_root: Option<u64>,
+    observed: Option<(TableRoot, LinearMap)>,
 }
 
 impl RecordingMaintenance {
@@ -220,25 +476,25 @@ impl RecordingMaintenance {
     }
 
     /// A recorder that also reads, at each `invalidate_va`, the entry being invalidated in the
-    /// tables under `root_pa`.
+    /// tables under `root`, reached through `map`.
     ///
     /// # Safety
     ///
-    /// `root_pa` is a live level-1 table, and so is every table reachable from it, as long as
-    /// the recorder is used (for example [`AddressSpace::root_pa`] of a space that outlives it).
-    pub unsafe fn observing(root_pa: u64) -> Self {
+    /// `root.pa` is a live root table, and so is every table reachable from it, as long as
+    /// the recorder is used (for example [`AddressSpace::root`] of a space that outlives it).
+    pub unsafe fn observing(root: TableRoot, map: LinearMap) -> Self {
         Self {
             events: Vec::new(),
-            observed_root: Some(root_pa),
+            observed: Some((root, map)),
         }
     }
 }
 
-impl TlbMaintenance for RecordingMaintenance {
+impl<R: Regime> TlbMaintenance<R> for RecordingMaintenance {
     fn invalidate_va(&mut self, va: u64, level: u8) {
-        let entry = self.observed_root.and_then(|root| {
+        let entry = self.observed.and_then(|(root, map)| {
             // SAFETY: the contract of `observing`.
-            let slot = unsafe { locate(root, va, level) };
+            let slot = unsafe { locate(root, &map, va, level) };
             slot.map(|(table, index)| table.read(index))
         });
         self.events
@@ -294,41 +550,77 @@ impl<R: Regime> Leaf<R> {
     }
 }
 
-/// Calls `visit` for every valid leaf reachable from the level-1 table at `root_pa`, in VA order,
-/// with the table limits accumulated down the walk.
+/// Calls `visit` for every valid leaf reachable from `root`, in VA order, with the table limits
+/// accumulated down the walk.
 ///
 /// # Safety
 ///
-/// `root_pa` is the identity-mapped address of a readable level-1 [`PageTable`], every table
-/// descriptor reachable from it points to a readable [`PageTable`], and none of them is freed
-/// during the call. (Concurrent writes of single entries, as the hardware also tolerates, are
-/// fine: each entry is read once, with one 64-bit load.)
-pub unsafe fn walk_root<R: Regime>(root_pa: u64, mut visit: impl FnMut(&Leaf<R>)) {
+/// `root.pa` is the physical address of a readable root [`PageTable`] reached through `access`,
+/// every table descriptor reachable from it points to a readable [`PageTable`], and none of them
+/// is freed during the call. (Concurrent writes of single entries, as the hardware also
+/// tolerates, are fine: each entry is read once, with one 64-bit load.)
+pub unsafe fn walk_root<R: Regime>(
+    root: TableRoot,
+    access: &impl TableAccess,
+    mut visit: impl FnMut(&Leaf<R>),
+) {
     // SAFETY: the caller's contract.
-    let root = unsafe { Table::at(root_pa) };
+    let table = unsafe { Table::at(access, root.pa) };
+    let at = Position {
+        level: root.range.start_level(),
+        base_va: root.range.first(),
+        entries: root.range.root_entries(),
+    };
     // SAFETY: the caller's contract covers every table reachable from the root.
-    unsafe { walk_table(root, START_LEVEL, 0, TableAttributes::NONE, &mut visit) }
+    unsafe { walk_table(access, table, at, TableAttributes::NONE, &mut visit) }
+}
+
+/// Where a table sits in a walk: its level, the first VA it maps, the entries it uses (fewer than
+/// 512 only in a root of a range below 39 or 48 bits).
+#[derive(Clone, Copy)]
+struct Position {
+    level: u8,
+    base_va: u64,
+    entries: usize,
 }
 
 /// # Safety
 ///
 /// As for [`walk_root`], for `table` and the tables below it.
 unsafe fn walk_table<R: Regime>(
+    access: &impl TableAccess,
     table: Table,
-    level: u8,
-    base_va: u64,
+    at: Position,
     above: TableAttributes,
     visit: &mut impl FnMut(&Leaf<R>),
 ) {
-    for index in 0..ENTRIES {
+    let Position {
+        level,
+        base_va,
+        entries,
+    } = at;
+    for index in 0..entries {
         let raw = table.read(index);
-        let va = base_va + index as u64 * entry_size(level);
+        let va = base_va.wrapping_add(index as u64 * entry_size(level));
         let (pa, size) = match Descriptor::<R>::decode(raw, level) {
             Descriptor::Invalid => continue,
             Descriptor::Table { next, attrs } => {
                 // SAFETY: reachable from the root: the caller's contract. `decode` returns a
                 // table only below level 3, so the recursion ends at the leaf level.
-                unsafe { walk_table(Table::at(next), level + 1, va, above.then(attrs), visit) };
+                unsafe {
+                    let below = Position {
+                        level: level + 1,
+                        base_va: va,
+                        entries: ENTRIES,
+                    };
+                    walk_table(
+                        access,
+                        Table::at(access, next),
+                        below,
+                        above.then(attrs),
+                        visit,
+                    )
+                };
                 continue;
             }
             Descriptor::Block {
@@ -354,12 +646,16 @@ unsafe fn walk_table<R: Regime>(
 /// # Safety
 ///
 /// As for [`walk_root`].
-pub unsafe fn translate_root<R: Regime>(root_pa: u64, va: u64) -> Option<Translation> {
-    if va >= VA_LIMIT {
+pub unsafe fn translate_root<R: Regime>(
+    root: TableRoot,
+    access: &impl TableAccess,
+    va: u64,
+) -> Option<Translation> {
+    if !root.range.contains(va) {
         return None;
     }
     // SAFETY: the caller's contract.
-    let found = unsafe { find::<R>(root_pa, va) };
+    let found = unsafe { find::<R>(root, access, va) };
     let (oa, size) = match found.descriptor {
         Descriptor::Block { level, oa, .. } => (oa, level.size()),
         Descriptor::Page { oa, .. } => (oa, PAGE_SIZE),
@@ -455,29 +751,31 @@ fn choose_leaf<R: Regime>(
 #[derive(Default)]
 struct NewTables {
     count: usize,
-    last_level2: Option<u64>,
-    last_level3: Option<u64>,
+    /// For each level 1 to 3, the VA (shifted) of the last table counted at that level.
+    last: [Option<u64>; 4],
 }
 
 impl NewTables {
-    /// Notes what the walk found at `va` for a leaf at `leaf_level`.
+    /// Notes what the walk found at `va` for a leaf at `leaf_level`: a table for every level from
+    /// below the invalid entry found down to the leaf's.
     fn note<R: Regime>(&mut self, found: &Found<R>, va: u64, leaf_level: u8) {
         if found.descriptor != Descriptor::Invalid || found.level >= leaf_level {
             return;
         }
-        if found.level == 1 && self.last_level2 != Some(va >> index_shift(1)) {
-            self.last_level2 = Some(va >> index_shift(1));
-            self.count += 1;
-        }
-        if leaf_level == LEAF_LEVEL && self.last_level3 != Some(va >> index_shift(2)) {
-            self.last_level3 = Some(va >> index_shift(2));
-            self.count += 1;
+        for above in found.level..leaf_level {
+            // The new table at level `above + 1` covers one entry of level `above`.
+            let key = va >> index_shift(above);
+            let last = &mut self.last[usize::from(above + 1)];
+            if *last != Some(key) {
+                *last = Some(key);
+                self.count += 1;
+            }
         }
     }
 }
 
-/// A refusal unless `va..va + size` is a non-empty, `align`-aligned range below [`VA_LIMIT`].
-fn check_va_range(va: u64, size: u64, align: u64) -> Result<(), MapError> {
+/// A refusal unless `va..va + size` is a non-empty, `align`-aligned range inside `range`.
+fn check_va_range(range: VaRange, va: u64, size: u64, align: u64) -> Result<(), MapError> {
     if size == 0 {
         return Err(MapError::ZeroSize);
     }
@@ -487,9 +785,10 @@ fn check_va_range(va: u64, size: u64, align: u64) -> Result<(), MapError> {
     if !size.is_multiple_of(align) {
         return Err(MapError::UnalignedSize { size, align });
     }
-    match va.checked_add(size) {
-        Some(end) if end <= VA_LIMIT => Ok(()),
-        _ => Err(MapError::VaOutOfRange { va, size }),
+    if range.contains_range(va, size) {
+        Ok(())
+    } else {
+        Err(MapError::VaOutOfRange { va, size })
     }
 }
 
@@ -517,63 +816,127 @@ fn whole_leaf<R: Regime>(found: &Found<R>, va: u64, end: u64) -> Result<u64, Map
     Ok(size)
 }
 
-fn table_pa(table: NonNull<PageTable>) -> u64 {
-    table.as_ptr().expose_provenance() as u64
-}
-
-/// The translation tables of one regime `R`, rooted at a level-1 table.
+/// The translation tables of one regime `R` over one [`VaRange`], in table frames from `M`.
 ///
 /// Every method that writes entries follows the live-table rules: it never writes over a valid
 /// entry except in break-before-make ([`AddressSpace::replace_block_2m`]), never splits a live
-/// block, and reports each change to a [`TlbMaintenance`].
+/// block, and reports each change to a [`TlbMaintenance<R>`].
 ///
-/// Invariant: the root and every table a table descriptor reachable from it points to were
-/// allocated by this value, are listed in `tables`, and are freed only by `Drop`. This is what
-/// makes the walks in `&self` methods sound.
-pub struct AddressSpace<R: Regime> {
-    root: NonNull<PageTable>,
-    tables: Vec<NonNull<PageTable>>,
+/// Either the space owns all its tables ([`AddressSpace::new_in`]; they are freed on drop), or it
+/// was given a kernel's live root ([`AddressSpace::adopt`]) and adds tables below it, which stay
+/// linked when it is dropped.
+///
+/// Invariant: the root and every table a table descriptor reachable from it points to are
+/// readable through `memory` and not freed while `self` lives; the tables this value allocated
+/// are listed in `tables` and freed only by `Drop` (and only when it owns the root). This is
+/// what makes the walks in `&self` methods sound.
+pub struct AddressSpace<R: Regime, M: TableMemory = HeapTables> {
+    root: TableRoot,
+    memory: M,
+    tables: Vec<u64>,
+    owns_root: bool,
     regime: PhantomData<R>,
     /// Tests: how many more tables the allocator will provide.
     #[cfg(test)]
     allocation_budget: Option<usize>,
 }
 
-// SAFETY: the tables are heap memory owned by this value alone (like a `Box`), so moving it to
-// another thread moves that ownership; nothing in it is tied to a thread.
-unsafe impl<R: Regime> Send for AddressSpace<R> {}
+// SAFETY: the tables are memory owned by this value (like a `Box`), or lent to it by the adopt
+// contract, so moving it to another thread moves that use; nothing in it is tied to a thread.
+unsafe impl<R: Regime, M: TableMemory + Send> Send for AddressSpace<R, M> {}
 
 // SAFETY: `&self` methods only read the tables; every write needs `&mut self` (or an explicit
 // unsafe store through `leaf_entry_ptr`, whose contract covers races).
-unsafe impl<R: Regime> Sync for AddressSpace<R> {}
+unsafe impl<R: Regime, M: TableMemory + Sync> Sync for AddressSpace<R, M> {}
 
 impl<R: Regime> AddressSpace<R> {
-    /// An empty address space: one zeroed level-1 table.
+    /// An empty 39-bit TTBR0 space ([`VaRange::LOWER_39`]) with tables from the identity-mapped
+    /// global allocator: the demo kernel's.
     pub fn new() -> Result<Self, MapError> {
+        Self::new_in(HeapTables::IDENTITY, VaRange::LOWER_39)
+    }
+}
+
+impl<R: Regime, M: TableMemory> AddressSpace<R, M> {
+    /// An empty address space over `range`: one zeroed root table from `memory`.
+    ///
+    /// Refused: an upper range for a regime without TTBR1 ([`MapError::NoUpperRange`]); no
+    /// table ([`MapError::OutOfMemory`]) or one beyond 48 bits.
+    pub fn new_in(memory: M, range: VaRange) -> Result<Self, MapError> {
+        if range.is_upper() && !R::HAS_UPPER_RANGE {
+            return Err(MapError::NoUpperRange);
+        }
         let mut tables = Vec::new();
         tables.try_reserve(16).map_err(|_| MapError::OutOfMemory)?;
         let mut space = Self {
-            root: NonNull::dangling(),
+            root: TableRoot { pa: 0, range },
+            memory,
             tables,
+            owns_root: true,
             regime: PhantomData,
             #[cfg(test)]
             allocation_budget: None,
         };
         let root = space.allocate_table()?;
         space.tables.push(root);
-        space.root = root;
+        space.root.pa = root;
         Ok(space)
     }
 
-    /// Physical address of the level-1 table: the value for TTBR0_ELx (with T0SZ = [`T0SZ`]).
+    /// The kernel's own live tables at `root_pa`, to map into (the exec pool and fixmap windows)
+    /// with new tables from `memory`. Nothing is freed on drop: the tables added stay linked.
     ///
-    /// Whoever installs it in TTBR0 must keep this address space alive (it frees its tables on
-    /// drop) until TTBR0 points elsewhere and the TLBs are invalidated.
-    pub fn root_pa(&self) -> u64 {
-        table_pa(self.root)
+    /// # Safety
+    ///
+    /// `root_pa` is a root table of `range` reached through `memory`; it and every table
+    /// reachable from it stay allocated while the space lives (and, for the tables it adds,
+    /// while the tables are live); nobody else writes the entries this space maps or unmaps
+    /// meanwhile (the kernel leaves the windows it gives the manager alone).
+    pub unsafe fn adopt(root_pa: u64, range: VaRange, memory: M) -> Result<Self, MapError> {
+        if range.is_upper() && !R::HAS_UPPER_RANGE {
+            return Err(MapError::NoUpperRange);
+        }
+        if !root_pa.is_multiple_of(PAGE_SIZE) || root_pa >= PA_LIMIT {
+            return Err(MapError::TableNotAddressable { pa: root_pa });
+        }
+        let mut tables = Vec::new();
+        tables.try_reserve(16).map_err(|_| MapError::OutOfMemory)?;
+        Ok(Self {
+            root: TableRoot { pa: root_pa, range },
+            memory,
+            tables,
+            owns_root: false,
+            regime: PhantomData,
+            #[cfg(test)]
+            allocation_budget: None,
+        })
     }
 
-    /// Number of translation tables allocated, the root included.
+    /// The root table and its range: the value for TTBR0_ELx or TTBR1_ELx (with TnSZ =
+    /// [`VaRange::tcr_size_offset`]).
+    ///
+    /// Whoever installs it in a TTBR must keep this address space alive (it frees its tables on
+    /// drop) until the TTBR points elsewhere and the TLBs are invalidated.
+    pub fn root(&self) -> TableRoot {
+        self.root
+    }
+
+    /// Physical address of the root table.
+    pub fn root_pa(&self) -> u64 {
+        self.root.pa
+    }
+
+    /// The VA range the space translates.
+    pub fn va_range(&self) -> VaRange {
+        self.root.range
+    }
+
+    /// The table memory (also how its tables are reached).
+    pub fn memory(&self) -> &M {
+        &self.memory
+    }
+
+    /// Number of translation tables this space allocated (the root included if it owns it).
     pub fn table_count(&self) -> usize {
         self.tables.len()
     }
@@ -585,7 +948,7 @@ impl<R: Regime> AddressSpace<R> {
     /// cannot reach a table whose zeroing it does not see yet), and once at the end.
     ///
     /// Refused, with nothing changed: zero size; VA, PA or size not 4 KiB aligned (2 MiB for
-    /// [`Granularity::Block2M`]); VA beyond [`VA_LIMIT`]; PA beyond 48 bits; any target entry
+    /// [`Granularity::Block2M`]); VA outside the space's [`VaRange`]; PA beyond 48 bits; any target entry
     /// already valid ([`MapError::AlreadyMapped`]); a page inside a live block
     /// ([`MapError::WouldSplitBlock`]); a 2 MiB block over a live level-3 table
     /// ([`MapError::WouldReplaceTable`]); not enough memory for the new tables
@@ -598,13 +961,13 @@ impl<R: Regime> AddressSpace<R> {
         size: u64,
         role: Role,
         granularity: Granularity,
-        maintenance: &mut impl TlbMaintenance,
+        maintenance: &mut impl TlbMaintenance<R>,
     ) -> Result<(), MapError> {
         let align = match granularity {
             Granularity::Block2M => BLOCK_SIZE_2M,
             Granularity::Auto | Granularity::Pages => PAGE_SIZE,
         };
-        check_va_range(va, size, align)?;
+        check_va_range(self.root.range, va, size, align)?;
         check_pa_range(pa, size, align)?;
 
         let mut new_tables = NewTables::default();
@@ -635,7 +998,7 @@ impl<R: Regime> AddressSpace<R> {
         size: u64,
         granularity: Granularity,
         attrs: LeafAttributes<R>,
-        pool: &mut Vec<NonNull<PageTable>>,
+        pool: &mut Vec<u64>,
     ) -> Result<(), MapError> {
         let mut offset = 0;
         while offset < size {
@@ -667,9 +1030,9 @@ impl<R: Regime> AddressSpace<R> {
         &mut self,
         va: u64,
         size: u64,
-        maintenance: &mut impl TlbMaintenance,
+        maintenance: &mut impl TlbMaintenance<R>,
     ) -> Result<(), MapError> {
-        check_va_range(va, size, PAGE_SIZE)?;
+        check_va_range(self.root.range, va, size, PAGE_SIZE)?;
         let end = va + size;
         let mut at = va;
         while at < end {
@@ -700,9 +1063,9 @@ impl<R: Regime> AddressSpace<R> {
         va: u64,
         new_pa: u64,
         role: Role,
-        maintenance: &mut impl TlbMaintenance,
+        maintenance: &mut impl TlbMaintenance<R>,
     ) -> Result<(), MapError> {
-        check_va_range(va, BLOCK_SIZE_2M, BLOCK_SIZE_2M)?;
+        check_va_range(self.root.range, va, BLOCK_SIZE_2M, BLOCK_SIZE_2M)?;
         check_pa_range(new_pa, BLOCK_SIZE_2M, BLOCK_SIZE_2M)?;
         let new = R::block_descriptor(BlockLevel::L2, new_pa, role)?;
         let found = self.find(va);
@@ -730,9 +1093,9 @@ impl<R: Regime> AddressSpace<R> {
         &mut self,
         va: u64,
         size: u64,
-        maintenance: &mut impl TlbMaintenance,
+        maintenance: &mut impl TlbMaintenance<R>,
     ) -> Result<(), MapError> {
-        check_va_range(va, size, PAGE_SIZE)?;
+        check_va_range(self.root.range, va, size, PAGE_SIZE)?;
         let mut new_tables = NewTables::default();
         for at in (va..va + size).step_by(PAGE_SIZE as usize) {
             let found = self.find(at);
@@ -775,7 +1138,7 @@ impl<R: Regime> AddressSpace<R> {
     /// frame is trusted unaliased; after a new value, `publish`; no `&mut self` method of this
     /// address space may run on the same entry at the same time.
     pub fn leaf_entry_ptr(&self, va: u64) -> Option<NonNull<u64>> {
-        if va >= VA_LIMIT {
+        if !self.root.range.contains(va) {
             return None;
         }
         let found = self.find(va);
@@ -795,18 +1158,19 @@ impl<R: Regime> AddressSpace<R> {
     /// Where `va` translates to, or `None` if it faults.
     pub fn translate(&self, va: u64) -> Option<Translation> {
         // SAFETY: the root and every table reachable from it belong to `self` (type invariant).
-        unsafe { translate_root::<R>(self.root_pa(), va) }
+        unsafe { translate_root::<R>(self.root, &self.memory, va) }
     }
 
     /// Calls `visit` for every valid leaf, in VA order (see [`walk_root`]).
     pub fn for_each_leaf(&self, visit: impl FnMut(&Leaf<R>)) {
         // SAFETY: the root and every table reachable from it belong to `self` (type invariant).
-        unsafe { walk_root::<R>(self.root_pa(), visit) }
+        unsafe { walk_root::<R>(self.root, &self.memory, visit) }
     }
 
     fn find(&self, va: u64) -> Found<R> {
-        // SAFETY: the root and every table reachable from it belong to `self` (type invariant).
-        unsafe { find::<R>(self.root_pa(), va) }
+        // SAFETY: the root and every table reachable from it belong to `self` (type invariant);
+        // every caller checked `va` against the range.
+        unsafe { find::<R>(self.root, &self.memory, va) }
     }
 
     /// Walks to the entry for `va` at `level`, linking tables from `pool` into the invalid
@@ -815,7 +1179,7 @@ impl<R: Regime> AddressSpace<R> {
         &mut self,
         va: u64,
         level: u8,
-        pool: &mut Vec<NonNull<PageTable>>,
+        pool: &mut Vec<u64>,
     ) -> Result<Found<R>, MapError> {
         let mut found = self.find(va);
         while found.level < level {
@@ -825,7 +1189,7 @@ impl<R: Regime> AddressSpace<R> {
             }
             let table = pool.pop().ok_or(MapError::OutOfMemory)?;
             let link = Descriptor::<R>::Table {
-                next: table_pa(table),
+                next: table,
                 attrs: TableAttributes::NONE,
             };
             let raw = match link.encode() {
@@ -844,7 +1208,7 @@ impl<R: Regime> AddressSpace<R> {
     }
 
     /// `count` zeroed tables, all or none; room for them in `self.tables` is reserved too.
-    fn allocate_tables(&mut self, count: usize) -> Result<Vec<NonNull<PageTable>>, MapError> {
+    fn allocate_tables(&mut self, count: usize) -> Result<Vec<u64>, MapError> {
         let mut pool = Vec::new();
         pool.try_reserve_exact(count)
             .map_err(|_| MapError::OutOfMemory)?;
@@ -863,29 +1227,31 @@ impl<R: Regime> AddressSpace<R> {
         Ok(pool)
     }
 
-    fn allocate_table(&mut self) -> Result<NonNull<PageTable>, MapError> {
+    /// One zeroed table frame from the memory, checked to be addressable by a descriptor.
+    fn allocate_table(&mut self) -> Result<u64, MapError> {
         #[cfg(test)]
         if let Some(budget) = self.allocation_budget.as_mut() {
             *budget = budget.checked_sub(1).ok_or(MapError::OutOfMemory)?;
         }
-        // SAFETY: the layout has a non-zero size.
-        let table = NonNull::new(unsafe { alloc_zeroed(PageTable::LAYOUT) }.cast::<PageTable>())
-            .ok_or(MapError::OutOfMemory)?;
-        let pa = table_pa(table);
-        if pa >= PA_LIMIT {
-            // SAFETY: allocated just above with this layout and not shared.
-            unsafe { dealloc(table.as_ptr().cast(), PageTable::LAYOUT) };
+        let pa = self.memory.alloc_table().ok_or(MapError::OutOfMemory)?;
+        if pa >= PA_LIMIT || !pa.is_multiple_of(PAGE_SIZE) {
+            // SAFETY: allocated just above and never linked.
+            unsafe { self.memory.free_table(pa) };
             return Err(MapError::TableNotAddressable { pa });
         }
-        Ok(table)
+        let table = self.memory.table_va(pa);
+        // SAFETY: the TableMemory contract: a 4 KiB frame ours alone, writable at `table`. It is
+        // not linked yet, so no walker reads it.
+        unsafe { table.write_bytes(0, 1) };
+        Ok(pa)
     }
 
     /// Gives back tables that were never linked.
-    fn free_tables(&mut self, pool: Vec<NonNull<PageTable>>) {
+    fn free_tables(&mut self, pool: Vec<u64>) {
         for table in pool {
-            // SAFETY: allocated by `allocate_table` with this layout, never linked (so no walker
-            // can reach it) and not in `self.tables`.
-            unsafe { dealloc(table.as_ptr().cast(), PageTable::LAYOUT) };
+            // SAFETY: allocated by `allocate_table`, never linked (so no walker can reach it) and
+            // not in `self.tables`.
+            unsafe { self.memory.free_table(table) };
         }
     }
 
@@ -893,7 +1259,7 @@ impl<R: Regime> AddressSpace<R> {
     #[cfg(test)]
     pub(crate) fn entry_for_test(&mut self, va: u64, level: u8) -> Option<*mut u64> {
         // SAFETY: the root and every table reachable from it belong to `self` (type invariant).
-        let slot = unsafe { locate(self.root_pa(), va, level) };
+        let slot = unsafe { locate(self.root, &self.memory, va, level) };
         slot.map(|(table, index)| table.entry(index))
     }
 
@@ -904,23 +1270,29 @@ impl<R: Regime> AddressSpace<R> {
     }
 }
 
-impl<R: Regime> Drop for AddressSpace<R> {
-    /// Frees every table. The tables must no longer be live: whoever installed
-    /// [`AddressSpace::root_pa`] in TTBR0 switches away and invalidates the TLBs first.
+impl<R: Regime, M: TableMemory> Drop for AddressSpace<R, M> {
+    /// Frees every table of a space that owns its root. The tables must no longer be live:
+    /// whoever installed [`AddressSpace::root_pa`] in a TTBR switches away and invalidates the
+    /// TLBs first. An adopted space frees nothing: its tables are linked into the kernel's.
     fn drop(&mut self) {
-        for table in self.tables.drain(..) {
-            // SAFETY: allocated by `allocate_table` with this layout; each is listed once and
-            // freed only here.
-            unsafe { dealloc(table.as_ptr().cast(), PageTable::LAYOUT) };
+        if !self.owns_root {
+            return;
+        }
+        for table in core::mem::take(&mut self.tables) {
+            // SAFETY: allocated by `allocate_table`; each is listed once and freed only here,
+            // and the whole space is no longer live (the contract above).
+            unsafe { self.memory.free_table(table) };
         }
     }
 }
 
-impl<R: Regime> fmt::Debug for AddressSpace<R> {
+impl<R: Regime, M: TableMemory> fmt::Debug for AddressSpace<R, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AddressSpace")
             .field("regime", &R::NAME)
             .field("root_pa", &format_args!("{:#x}", self.root_pa()))
+            .field("va_bits", &self.root.range.bits())
+            .field("upper", &self.root.range.is_upper())
             .field("tables", &self.tables.len())
             .finish()
     }
@@ -929,7 +1301,7 @@ impl<R: Regime> fmt::Debug for AddressSpace<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mmu::{El1And0, El2};
+    use crate::mmu::{El1And0, El2, El2And0};
     use Granularity::{Auto, Block2M, Pages};
     use MapError::*;
     use Role::{Code, Data, ExecPool, PokeAlias, Rodata};
@@ -1109,7 +1481,7 @@ mod tests {
             .map(va, va, size, Data, Auto, &mut NoMaintenance)
             .expect("map");
         // SAFETY: the space outlives the recorder.
-        let m = &mut unsafe { RecordingMaintenance::observing(space.root_pa()) };
+        let m = &mut unsafe { RecordingMaintenance::observing(space.root(), LinearMap::IDENTITY) };
         space.unmap(va, size, m).expect("unmap");
         assert_eq!(
             m.events,
@@ -1146,7 +1518,7 @@ mod tests {
             .map(va, 0x20_0000, M2, ExecPool, Block2M, &mut NoMaintenance)
             .expect("map");
         // SAFETY: the space outlives the recorder.
-        let m = &mut unsafe { RecordingMaintenance::observing(space.root_pa()) };
+        let m = &mut unsafe { RecordingMaintenance::observing(space.root(), LinearMap::IDENTITY) };
         space
             .replace_block_2m(va, 0x60_0000, ExecPool, m)
             .expect("replace");
@@ -1268,6 +1640,193 @@ mod tests {
             exec: false,
         };
         assert_eq!(all[0].permissions(false), read_only);
+    }
+
+    #[test]
+    fn va_ranges() {
+        assert_eq!(VaRange::LOWER_39.start_level(), 1);
+        assert_eq!(VaRange::LOWER_48.start_level(), 0);
+        assert_eq!(VaRange::lower(40).map(VaRange::start_level), Some(0));
+        assert_eq!(VaRange::lower(30), None);
+        assert_eq!(VaRange::upper(49), None);
+        assert_eq!(VaRange::LOWER_39.root_entries(), 512);
+        assert_eq!(VaRange::lower(36).map(VaRange::root_entries), Some(64));
+        assert_eq!(VaRange::lower(42).map(VaRange::root_entries), Some(8));
+        assert_eq!(VaRange::UPPER_48.first(), 0xffff_0000_0000_0000);
+        assert_eq!(VaRange::UPPER_39.first(), 0xffff_ff80_0000_0000);
+        assert!(VaRange::UPPER_48.contains_range(u64::MAX - K4 + 1, K4));
+        assert!(!VaRange::UPPER_48.contains_range(u64::MAX - K4 + 1, 2 * K4));
+        assert!(!VaRange::UPPER_48.contains(0x7fff_ffff_f000));
+        assert!(VaRange::LOWER_48.contains_range(0, 1 << 48));
+        assert!(!VaRange::LOWER_48.contains_range(1, 1 << 48));
+        assert_eq!(VaRange::LOWER_39.tcr_size_offset(), T0SZ);
+        // The root index of a short upper range keeps only the bits the root translates.
+        let upper36 = VaRange::upper(36).expect("valid");
+        assert_eq!(upper36.index(upper36.first(), 1), 0);
+        assert_eq!(upper36.index(u64::MAX, 1), 63);
+    }
+
+    #[test]
+    fn a_48_bit_space_walks_from_level_0() {
+        let mut space =
+            AddressSpace::<El1And0>::new_in(HeapTables::IDENTITY, VaRange::LOWER_48).expect("root");
+        let m = &mut RecordingMaintenance::new();
+        let high = 0x7f12_3440_0000; // beyond 39 bits
+        space
+            .map(high, 0x8000_0000, M2 + K4, Code, Auto, m)
+            .expect("map");
+        // Root (L0), then L1, L2, L3 below it.
+        assert_eq!(space.table_count(), 4);
+        let t = space.translate(high + 0x1234).expect("mapped");
+        assert_eq!((t.pa, t.level), (0x8000_1234, 2));
+        assert_eq!(space.translate(high + M2).map(|t| t.level), Some(3));
+        let found: Vec<_> = leaves(&space).iter().map(|l| (l.va, l.level)).collect();
+        assert_eq!(found, vec![(high, 2), (high + M2, 3)]);
+        // The same low VA that a 39-bit space maps is separate from it here.
+        space
+            .map(0x4000_0000, 0x4000_0000, K4, Data, Pages, m)
+            .expect("map");
+        assert_eq!(space.table_count(), 7);
+        assert_eq!(
+            space.map(1 << 48, 0, K4, Data, Pages, m),
+            Err(VaOutOfRange {
+                va: 1 << 48,
+                size: K4
+            })
+        );
+        space.unmap(high, M2, m).expect("unmap");
+        assert_eq!(space.translate(high), None);
+        // A walk with a 39-bit view of a 48-bit root would read the wrong level: the range is part
+        // of the root, not a constant.
+        let root = space.root();
+        // SAFETY: the root of a live space that outlives the call.
+        let seen = unsafe { translate_root::<El1And0>(root, &LinearMap::IDENTITY, 0x4000_0000) };
+        assert_eq!(seen.map(|t| t.pa), Some(0x4000_0000));
+    }
+
+    #[test]
+    fn an_upper_range_maps_a_higher_half() {
+        let mut space =
+            AddressSpace::<El1And0>::new_in(HeapTables::IDENTITY, VaRange::UPPER_48).expect("root");
+        let m = &mut NoMaintenance;
+        let text = 0xffff_8000_0020_0000;
+        space
+            .map(text, 0x4020_0000, M2, Code, Block2M, m)
+            .expect("map");
+        space
+            .map(u64::MAX - K4 + 1, 0x5000_0000, K4, Data, Pages, m)
+            .expect("top page");
+        assert_eq!(space.translate(text + 8).map(|t| t.pa), Some(0x4020_0008));
+        assert_eq!(space.translate(u64::MAX).map(|t| t.pa), Some(0x5000_0fff));
+        let found: Vec<_> = leaves(&space).iter().map(|l| l.va).collect();
+        assert_eq!(found, vec![text, u64::MAX - K4 + 1]);
+        assert_eq!(
+            space.map(0x4000_0000, 0x4000_0000, K4, Data, Pages, m),
+            Err(VaOutOfRange {
+                va: 0x4000_0000,
+                size: K4
+            })
+        );
+        // A 36-bit upper range: a 64-entry root.
+        let upper36 = VaRange::upper(36).expect("valid");
+        let mut small =
+            AddressSpace::<El2And0>::new_in(HeapTables::IDENTITY, upper36).expect("root");
+        small
+            .map(upper36.first(), 0, K4, Data, Pages, m)
+            .expect("first page");
+        small
+            .map(u64::MAX - M2 + 1, M2, M2, Data, Block2M, m)
+            .expect("last block");
+        let found: Vec<_> = leaves(&small).iter().map(|l| (l.va, l.pa)).collect();
+        assert_eq!(found, vec![(upper36.first(), 0), (u64::MAX - M2 + 1, M2)]);
+        // EL2 without VHE has no TTBR1.
+        assert_eq!(
+            AddressSpace::<El2>::new_in(HeapTables::IDENTITY, VaRange::UPPER_48).map(|_| ()),
+            Err(NoUpperRange)
+        );
+    }
+
+    #[test]
+    fn tables_reached_through_an_offset_linear_map() {
+        // "Physical" addresses 256 MiB below the pointers: every descriptor must hold the PA and
+        // every walk must add the offset back, or this test reads the wrong memory.
+        let map = LinearMap {
+            offset: 0x1000_0000,
+        };
+        let mut space = AddressSpace::<El2>::new_in(HeapTables::with_map(map), VaRange::LOWER_48)
+            .expect("root");
+        let m = &mut NoMaintenance;
+        space
+            .map(0x4000_0000, 0x4000_0000, M2 + K4, Data, Auto, m)
+            .expect("map");
+        space
+            .reserve_pages(0x6000_0000, 4 * K4, m)
+            .expect("reserve");
+        let root = space.root_pa();
+        assert_eq!(
+            map.table_va(root).expose_provenance() as u64,
+            root + map.offset
+        );
+        // The root's first entry links the level-1 table by its PA, not its pointer.
+        // SAFETY: the root is a live table of `space`, read only.
+        let link = unsafe { (*map.table_va(root)).0[0] };
+        let next = next_table_address(link, 0).expect("a table");
+        assert!(space.tables.contains(&next));
+        assert_eq!(space.translate(0x4020_0000).map(|t| t.level), Some(3));
+        assert!(space.leaf_entry_ptr(0x6000_3000).is_some());
+        // A walk through the wrong map (identity) would read 256 MiB off; through the right one
+        // it sees the same leaves as the space.
+        let mut walked = Vec::new();
+        // SAFETY: the root of a live space that outlives the call.
+        unsafe { walk_root::<El2>(space.root(), &map, |leaf| walked.push(*leaf)) };
+        assert_eq!(walked, leaves(&space));
+    }
+
+    #[test]
+    fn an_adopted_root_is_mapped_into_and_not_freed() {
+        let mut kernel =
+            AddressSpace::<El1And0>::new_in(HeapTables::IDENTITY, VaRange::LOWER_48).expect("root");
+        let m = &mut NoMaintenance;
+        kernel
+            .map(0x4000_0000, 0x4000_0000, M2, Code, Block2M, m)
+            .expect("text");
+        {
+            // SAFETY: `kernel` owns the root and outlives `manager`; `manager` only maps a window
+            // the kernel leaves alone.
+            let mut manager = unsafe {
+                AddressSpace::<El1And0>::adopt(
+                    kernel.root_pa(),
+                    VaRange::LOWER_48,
+                    HeapTables::IDENTITY,
+                )
+            }
+            .expect("adopt");
+            assert_eq!(manager.table_count(), 0);
+            manager
+                .map(0x4800_0000, 0x9000_0000, M2, ExecPool, Block2M, m)
+                .expect("pack");
+            manager.reserve_pages(0x4a00_0000, K4, m).expect("fixmap");
+            assert_eq!(manager.table_count(), 1);
+            assert_eq!(
+                manager.map(0x4000_0000, 0, M2, Data, Block2M, m),
+                Err(AlreadyMapped { va: 0x4000_0000 })
+            );
+        }
+        // Dropped, and what it added is still there (linked into the kernel's tables).
+        assert_eq!(
+            kernel.translate(0x4800_0000).map(|t| t.pa),
+            Some(0x9000_0000)
+        );
+        assert!(kernel.leaf_entry_ptr(0x4a00_0000).is_some());
+        // SAFETY: as above.
+        let misaligned = unsafe {
+            AddressSpace::<El1And0>::adopt(
+                kernel.root_pa() + 8,
+                VaRange::LOWER_48,
+                HeapTables::IDENTITY,
+            )
+        };
+        assert!(matches!(misaligned, Err(TableNotAddressable { .. })));
     }
 
     #[test]

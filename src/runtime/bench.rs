@@ -26,10 +26,10 @@ use crate::bench::bpf_prog_pack::BpfProgPack;
 use crate::bench::buddy::BuddySlots;
 use crate::bench::workload::{self, LiveSet, Pairs, Rng};
 use crate::bench::{NullBackend, NullSlots, SlotAllocator};
-use crate::runtime::{exec_pool, poke, slot};
 use crate::pack::{PACK_SIZE, PackAllocator};
 use crate::poke::insn;
 use crate::println;
+use crate::runtime::{exec_pool, poke, slot};
 
 /// How much work: the full benchmark, or a smoke run that only proves it still works.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

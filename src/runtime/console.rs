@@ -5,8 +5,8 @@ use core::fmt::{self, Write};
 use spin::mutex::SpinMutex;
 
 use super::pl011::Pl011;
-use crate::runtime::board;
 use crate::layout::Region;
+use crate::runtime::board;
 
 // SAFETY: the board names the address of its console PL011, and only this static drives it. `init`
 // moves it to the UART the device tree names.

@@ -14,14 +14,15 @@ use buddy_system_allocator::FrameAllocator;
 use spin::RwLock;
 
 use crate::arch::aarch64::{cache, mmu as hw, mmu::BroadcastTlb};
-use crate::runtime::memory;
-use crate::runtime::mmu::{fixmap_fill_block, with_tables};
 use crate::layout::Region;
 use crate::mmu::{
-    AuditContext, BLOCK_SIZE_2M, El1And0, Granularity, MapError, Role, Violation, audit_root,
+    AuditContext, BLOCK_SIZE_2M, El1And0, Granularity, MapError, Role, TableRoot, Violation,
+    audit_root,
 };
 use crate::poke::cache::MaintenancePlan;
 use crate::poke::insn;
+use crate::runtime::memory;
+use crate::runtime::mmu::{fixmap_fill_block, with_tables};
 
 /// Packs the pool window can hold (the placed window is checked against this at boot).
 pub const MAX_PACKS: usize = 64;
@@ -124,7 +125,8 @@ pub fn unmap_pack(va: u64) -> Result<(), PoolError> {
     let mut guard = POOL.write();
     let pool = guard.as_mut().expect("exec_pool::init runs at boot");
     let pa = pool.packs[index].ok_or(PoolError::NotMapped(va))?;
-    with_tables(|t| t.unmap(va, BLOCK_SIZE_2M, &mut BroadcastTlb)).map_err(PoolError::Map)?;
+    with_tables(|t| t.unmap(va, BLOCK_SIZE_2M, &mut BroadcastTlb::new()))
+        .map_err(PoolError::Map)?;
     pool.packs[index] = None;
     pool.frames.dealloc((pa >> 21) as usize, 1);
     Ok(())
@@ -140,7 +142,7 @@ fn fill_and_map(va: u64, pa: u64) -> Result<(), PoolError> {
             BLOCK_SIZE_2M,
             Role::PokeAlias,
             Granularity::Block2M,
-            &mut BroadcastTlb,
+            &mut BroadcastTlb::new(),
         )?;
         let brk = u64::from(insn::brk(0)) | (u64::from(insn::brk(0)) << 32);
         let words = fill as *mut u64;
@@ -151,14 +153,14 @@ fn fill_and_map(va: u64, pa: u64) -> Result<(), PoolError> {
         // Clean the BRKs to the point of unification before the frame can be fetched from.
         let plan = maintenance_plan();
         cache::clean_data_range(plan, fill, fill + BLOCK_SIZE_2M);
-        t.unmap(fill, BLOCK_SIZE_2M, &mut BroadcastTlb)?;
+        t.unmap(fill, BLOCK_SIZE_2M, &mut BroadcastTlb::new())?;
         t.map(
             va,
             pa,
             BLOCK_SIZE_2M,
             Role::ExecPool,
             Granularity::Block2M,
-            &mut BroadcastTlb,
+            &mut BroadcastTlb::new(),
         )
     })
     .map_err(PoolError::Map)?;
@@ -216,7 +218,7 @@ pub fn audit_with(active_poke: Option<u64>) -> Vec<Violation> {
     let live = live_packs();
     let fixmap = memory::plan().fixmap;
     let context = AuditContext {
-        wxn: hw::wxn_enabled(),
+        wxn: hw::wxn_enabled::<El1And0>(),
         exec_pool_va: memory::plan().exec_pool.start..memory::plan().exec_pool.end(),
         exec_frames_pa: memory::plan().exec_frames.start..memory::plan().exec_frames.end(),
         fixmap_va: fixmap.start..fixmap.end(),
@@ -225,7 +227,16 @@ pub fn audit_with(active_poke: Option<u64>) -> Vec<Violation> {
     };
     // SAFETY: TTBR0_EL1 holds the root of the kernel tables, which are identity-mapped in the heap
     // and only change under `with_tables`; the audit only reads them.
-    with_tables(|_| unsafe { audit_root::<El1And0>(hw::ttbr0(), &context) })
+    with_tables(|t| unsafe {
+        audit_root::<El1And0>(
+            TableRoot {
+                pa: hw::ttbr0::<El1And0>(),
+                range: t.va_range(),
+            },
+            t.memory(),
+            &context,
+        )
+    })
 }
 
 /// Audits the live tables with no poke in progress.

@@ -6,9 +6,9 @@ use core::sync::atomic::{AtomicU8, Ordering, compiler_fence};
 
 use spin::Mutex;
 
-use crate::runtime::exception::{ExceptionFrame, VectorKind};
 use crate::fault::{ExceptionClass, FaultReport};
 use crate::runtime::console::write_fmt_emergency;
+use crate::runtime::exception::{ExceptionFrame, VectorKind};
 
 /// Where execution continues after an expected fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,9 +17,9 @@ use core::ptr::NonNull;
 use arm_gic::gicv2::{GicV2, registers::Gicc};
 use safe_mmio::{UniqueMmioPointer, field};
 
+use crate::machine::Gic;
 use crate::runtime::board;
 use crate::runtime::memory;
-use crate::machine::Gic;
 
 /// CPU 0's findings for the other CPUs: the timer frequency (0 until published), GICD, GICC. In
 /// `.data`, which holds its initial value before .bss is cleared.

@@ -7,14 +7,14 @@ use core::fmt;
 
 use spin::Once;
 
-use crate::runtime::boot::{MAX_CPUS, STACK_GUARD_SIZE, STACK_SIZE};
 use crate::arch::aarch64::cpu;
-use crate::runtime::board;
-use crate::runtime::mmu::{LayoutError, check_exec_layout};
 use crate::layout::Region;
 use crate::machine::dtb::{self, DtbError};
 use crate::machine::plan::{self, MemoryPlan, PlanError};
 use crate::machine::{Machine, Source};
+use crate::runtime::board;
+use crate::runtime::boot::{MAX_CPUS, STACK_GUARD_SIZE, STACK_SIZE};
+use crate::runtime::mmu::{LayoutError, check_exec_layout};
 
 unsafe extern "C" {
     static __kernel_start: u8;

@@ -28,12 +28,12 @@ use core::fmt;
 use spin::{Mutex, Once};
 
 use crate::arch::aarch64::{cpu, mmu as hw};
-use crate::runtime::board;
-use crate::runtime::memory::{self, KernelImage};
 use crate::layout::{self, Region, Size};
 use crate::machine::Machine;
 use crate::machine::plan::MemoryPlan;
 use crate::mmu::{AddressSpace, El1And0, Granularity, MapError, NoMaintenance, Role};
+use crate::runtime::board;
+use crate::runtime::memory::{self, KernelImage};
 
 /// The live kernel tables. Changes go through [`with_tables`] with [`hw::BroadcastTlb`].
 static TABLES: Mutex<Option<AddressSpace<El1And0>>> = Mutex::new(None);
@@ -224,7 +224,8 @@ pub fn init(machine: &Machine, placed: &MemoryPlan) -> Result<(), LayoutError> {
     // stack), the heap holding the tables, and the console UART; later changes go through
     // `with_tables` and BroadcastTlb. The MMU is still off: this is the one call. `written` covers
     // everything stored to since reset (.data/.bss, stacks, heap).
-    unsafe { hw::enable(tables.root_pa(), cpu::midr(), &written) }.map_err(LayoutError::Cpu)?;
+    unsafe { hw::enable::<El1And0>(tables.root(), cpu::midr(), &written) }
+        .map_err(LayoutError::Cpu)?;
     // Memory is Normal cacheable now: exclusives work.
     super::set_locks_ready();
     *TABLES.lock() = Some(tables);
@@ -273,9 +274,9 @@ pub struct LiveRun {
 
 /// The live kernel tables, read from TTBR0_EL1 and coalesced into runs.
 pub fn live_runs() -> Vec<LiveRun> {
-    let wxn = hw::wxn_enabled();
+    let wxn = hw::wxn_enabled::<El1And0>();
     let mut runs: Vec<LiveRun> = Vec::new();
-    with_tables(|_| {
+    with_tables(|t| {
         let visit = |leaf: &crate::mmu::Leaf<El1And0>| {
             let name = name_of(leaf.va);
             // Code and ExecPool have the same bits; the window tells them apart.
@@ -309,7 +310,16 @@ pub fn live_runs() -> Vec<LiveRun> {
         };
         // SAFETY: TTBR0_EL1 holds the root of the kernel tables; they are identity-mapped, owned
         // by TABLES (locked here) and never freed while live.
-        unsafe { crate::mmu::walk_root::<El1And0>(hw::ttbr0(), visit) };
+        unsafe {
+            crate::mmu::walk_root::<El1And0>(
+                crate::mmu::TableRoot {
+                    pa: hw::ttbr0::<El1And0>(),
+                    range: t.va_range(),
+                },
+                t.memory(),
+                visit,
+            )
+        };
     });
     runs
 }
@@ -333,8 +343,8 @@ fn name_of(va: u64) -> &'static str {
 pub fn print_layout() {
     crate::println!(
         "address space, from the live tables (TTBR0_EL1 {:#x}, SCTLR_EL1.WXN = {}):",
-        hw::ttbr0(),
-        u8::from(hw::wxn_enabled())
+        hw::ttbr0::<El1And0>(),
+        u8::from(hw::wxn_enabled::<El1And0>())
     );
     for run in live_runs() {
         let pa = if run.pa == run.va {

@@ -13,10 +13,10 @@ use aarch64_cpu::registers::{DAIF, Readable, Writeable};
 use spin::Mutex;
 
 use crate::arch::aarch64::{cache, cpu, mmu::BroadcastTlb};
-use crate::runtime::board;
-use crate::runtime::{exec_pool, memory, mmu};
 use crate::mmu::{AddressSpace, El1And0, PAGE_SIZE, Role, TlbMaintenance};
 use crate::poke::{self, ExecRegion, INSN_BYTES, PokeError};
+use crate::runtime::board;
+use crate::runtime::{exec_pool, memory, mmu};
 
 /// The level-3 entry of each CPU's poke slot (stable: reserved at boot, tables are never freed).
 static SLOT_ENTRIES: [AtomicPtr<u64>; board::CPUS] =
@@ -228,7 +228,7 @@ fn store_through_alias(
     assert!(!entry.is_null(), "poke::init runs at boot");
     // Stored before the entry (Release), so visible after the Acquire above.
     let slot = SLOT_VAS[cpu].load(Ordering::Relaxed);
-    let mut tlb = BroadcastTlb;
+    let mut tlb = BroadcastTlb::<El1And0>::new();
 
     let mut offset = 0;
     while offset < len {

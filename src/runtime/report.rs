@@ -5,10 +5,10 @@ use crate::runtime::board;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::runtime::{boot_info, heap, memory};
 use crate::layout::{Region, Size};
 use crate::machine::{EnableMethod, Gic, PsciConduit};
 use crate::println;
+use crate::runtime::{boot_info, heap, memory};
 
 /// Prints the boot report.
 pub fn print_boot_report() {

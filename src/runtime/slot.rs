@@ -18,11 +18,11 @@ use core::fmt;
 
 use spin::{Mutex, Once};
 
-use crate::runtime::{exec_pool, memory, poke};
 use crate::pack::{
     AllocError, BackendError, MAX_PACKS, PACK_SIZE, PackAllocator, PackBackend, Slot, Stats,
 };
 use crate::poke::{ExecRegion, PokeError, insn};
+use crate::runtime::{exec_pool, memory, poke};
 
 /// The hardware backend of the allocator.
 pub struct PoolBackend;

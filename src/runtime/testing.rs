@@ -2,8 +2,8 @@
 //! runs its cases in order; the runner (tests/runner/qemu) counts the `... ok` lines and reads the
 //! verdict from the semihosting exit status. A failing case panics, which ends the run with failure.
 
-use crate::runtime::{self, board};
 use crate::println;
+use crate::runtime::{self, board};
 
 /// One test case.
 pub struct Test {

@@ -1,17 +1,25 @@
-//! The EL1&0 translation regime on the hardware: turning the MMU on, and the TLB maintenance that
-//! follows a change to a live table entry. What to map is decided by the portable `mmu` module and
-//! the kernel; this file only executes the system-register writes and the barrier sequences.
+//! A translation regime on the hardware: turning its MMU on, reading its state, and the TLB
+//! maintenance that follows a change to a live table entry. Every function is generic over the
+//! regime and issues the instructions [`RegimeControl`] names for it (EL1&0: `_EL1` registers and
+//! `TLBI VAAE1IS`; EL2 and EL2&0: `_EL2` registers and `TLBI VAE2IS`), so EL2 tables never get
+//! EL1 maintenance. What to map is decided by the portable `mmu` module and the kernel; this
+//! file only executes the system-register writes and the barrier sequences.
 
 use core::arch::asm;
+use core::marker::PhantomData;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use aarch64_cpu::asm::barrier;
 use aarch64_cpu::registers::{
-    ID_AA64MMFR0_EL1, MAIR_EL1, ReadWriteable, Readable, SCTLR_EL1, TCR_EL1, TTBR0_EL1, Writeable,
+    ID_AA64MMFR0_EL1, MAIR_EL1, MAIR_EL2, PAR_EL1, Readable, SCTLR_EL1, SCTLR_EL2, TCR_EL1,
+    TCR_EL2, TTBR0_EL1, TTBR0_EL2, Writeable,
 };
 
 use crate::cpu::Midr;
-use crate::mmu::{MAIR_EL1_VALUE, T0SZ, TlbMaintenance};
+use crate::mmu::control::{
+    AtWrite, ControlRegisters, RegimeControl, SCTLR_MMU_ON, SCTLR_WXN, TlbiAll, TlbiByVa,
+};
+use crate::mmu::{MAIR_EL1_VALUE, TableRoot, TlbMaintenance};
 
 /// Cores on which a broadcast `TLBI; DSB` can complete before earlier writes are observed
 /// (Cortex-A76 #1286807, Cortex-A55 #2441007, Cortex-A510 #2441009; CVE-2025-10263): Linux issues
@@ -23,8 +31,19 @@ fn needs_repeat_tlbi(midr: Midr) -> bool {
     midr.implementer() == 0x41 && matches!(midr.part(), 0xd0b | 0xd05 | 0xd46)
 }
 
-/// Programs MAIR/TCR/TTBR0 for the tables at `root_pa` and turns on the MMU, the caches and
-/// `SCTLR_EL1.WXN` (every writable mapping is also execute-never, whatever its descriptor says).
+/// Notes this CPU's MIDR: if any CPU of the system needs the repeated TLBI, every broadcast
+/// invalidation repeats it (only ever set). An embedding kernel calls it on each CPU as it comes
+/// up; [`enable`] calls it for the CPU it runs on.
+pub fn note_cpu(midr: Midr) {
+    if needs_repeat_tlbi(midr) {
+        REPEAT_TLBI.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Programs MAIR/TCR/TTBR0 of regime `R` for the tables at `root` and turns on the MMU, the
+/// caches and `SCTLR_ELx.WXN` (every writable mapping is also execute-never, whatever its
+/// descriptor says). Runs at the regime's exception level (EL1 for EL1&0, EL2 for both EL2
+/// regimes; for EL2&0, HCR_EL2.E2H is already 1).
 ///
 /// `written` is the memory written with the MMU off (image, stacks, heap with the tables): those
 /// stores went straight to memory, so any line a loader left in the data cache for these addresses is
@@ -33,21 +52,21 @@ fn needs_repeat_tlbi(midr: Midr) -> bool {
 /// cleaned to the point of coherency).
 ///
 /// # Safety
-/// The tables at `root_pa` must map, at their current addresses, everything the CPU uses from here
+/// The tables at `root` must map, at their current addresses, everything the CPU uses from here
 /// on (this code, the stack, the data it touches, the console), and must not change except through
 /// [`BroadcastTlb`]-maintained updates. The MMU and data cache must be off.
-pub unsafe fn enable(
-    root_pa: u64,
+pub unsafe fn enable<R: RegimeControl>(
+    root: TableRoot,
     midr: Midr,
     written: &[core::ops::Range<u64>],
 ) -> Result<(), &'static str> {
     if ID_AA64MMFR0_EL1.read(ID_AA64MMFR0_EL1::TGran4) == 0xf {
         return Err("this CPU does not implement the 4 KiB translation granule");
     }
-    // Only ever set: any CPU that needs the repeated TLBI makes every CPU repeat it.
-    if needs_repeat_tlbi(midr) {
-        REPEAT_TLBI.store(true, Ordering::Relaxed);
-    }
+    // Output size: what the CPU implements, capped at 48 bits (the descriptors' OA field).
+    let pa_range = ID_AA64MMFR0_EL1.read(ID_AA64MMFR0_EL1::PARange) as u8;
+    let tcr = R::tcr(root.range, pa_range).ok_or("only a TTBR0 range is turned on here")?;
+    note_cpu(midr);
 
     let line = crate::arch::aarch64::cpu::cache_type().d_line as u64;
     for range in written {
@@ -61,90 +80,160 @@ pub unsafe fn enable(
     }
     barrier::dsb(barrier::SY);
 
-    MAIR_EL1.set(MAIR_EL1_VALUE);
-    // Output size: what the CPU implements, capped at 48 bits (the descriptors' OA field).
-    let pa_range = ID_AA64MMFR0_EL1.read(ID_AA64MMFR0_EL1::PARange).min(0b101);
-    TCR_EL1.write(
-        TCR_EL1::T0SZ.val(T0SZ)
-            + TCR_EL1::TG0::KiB_4
-            + TCR_EL1::IRGN0::WriteBack_ReadAlloc_WriteAlloc_Cacheable
-            + TCR_EL1::ORGN0::WriteBack_ReadAlloc_WriteAlloc_Cacheable
-            + TCR_EL1::SH0::Inner
-            + TCR_EL1::EPD1::DisableTTBR1Walks
-            + TCR_EL1::TG1::KiB_4
-            + TCR_EL1::IPS.val(pa_range),
-    );
-    TTBR0_EL1.set_baddr(root_pa);
+    match R::REGISTERS {
+        ControlRegisters::El1 => {
+            MAIR_EL1.set(MAIR_EL1_VALUE);
+            TCR_EL1.set(tcr);
+            TTBR0_EL1.set_baddr(root.pa);
+        }
+        ControlRegisters::El2 => {
+            MAIR_EL2.set(MAIR_EL1_VALUE);
+            TCR_EL2.set(tcr);
+            TTBR0_EL2.set_baddr(root.pa);
+        }
+    }
     barrier::isb(barrier::SY);
 
     // Before the first translation: no stale TLB or I-cache entries from before this boot
     // (ARCH-NOTES "Before turning the MMU on"; the I-cache may hold lines fetched with the MMU off).
-    // SAFETY: invalidations of this CPU's TLB and I-cache; nothing is translated yet, and
-    // instructions are re-fetched after the ISB.
-    unsafe {
-        asm!(
-            "tlbi vmalle1",
-            "ic iallu",
-            "dsb nsh",
-            "isb",
-            options(nostack, preserves_flags)
-        )
-    };
+    invalidate_all_local::<R>();
 
-    SCTLR_EL1.modify(
-        SCTLR_EL1::M::Enable
-            + SCTLR_EL1::C::Cacheable
-            + SCTLR_EL1::I::Cacheable
-            + SCTLR_EL1::SA::Enable
-            + SCTLR_EL1::WXN::Enable,
-    );
+    let sctlr = read_sctlr::<R>() | SCTLR_MMU_ON;
+    match R::REGISTERS {
+        ControlRegisters::El1 => SCTLR_EL1.set(sctlr),
+        ControlRegisters::El2 => SCTLR_EL2.set(sctlr),
+    }
     // The next instruction is fetched through the new translation.
     barrier::isb(barrier::SY);
     Ok(())
 }
 
-/// Whether the MMU is on.
-pub fn is_enabled() -> bool {
-    SCTLR_EL1.matches_all(SCTLR_EL1::M::Enable)
+/// `TLBI VMALLE1` or `TLBI ALLE2`, `IC IALLU`, `DSB NSH`, `ISB`: this CPU's TLB and I-cache for
+/// regime `R` dropped, before its MMU is turned on.
+pub fn invalidate_all_local<R: RegimeControl>() {
+    match R::TLBI_ALL {
+        // SAFETY: invalidations of this CPU's TLB and I-cache; instructions are re-fetched after
+        // the ISB, and nothing relies on a cached translation (the MMU is off).
+        TlbiAll::Vmalle1 => unsafe {
+            asm!(
+                "tlbi vmalle1",
+                "ic iallu",
+                "dsb nsh",
+                "isb",
+                options(nostack, preserves_flags)
+            )
+        },
+        // SAFETY: as above, for the EL2 regime.
+        TlbiAll::Alle2 => unsafe {
+            asm!(
+                "tlbi alle2",
+                "ic iallu",
+                "dsb nsh",
+                "isb",
+                options(nostack, preserves_flags)
+            )
+        },
+    }
 }
 
-/// Whether `SCTLR_EL1.WXN` is set (the audit takes it into account).
-pub fn wxn_enabled() -> bool {
-    SCTLR_EL1.matches_all(SCTLR_EL1::WXN::Enable)
+fn read_sctlr<R: RegimeControl>() -> u64 {
+    match R::REGISTERS {
+        ControlRegisters::El1 => SCTLR_EL1.get(),
+        ControlRegisters::El2 => SCTLR_EL2.get(),
+    }
 }
 
-/// The root table the hardware walks.
-pub fn ttbr0() -> u64 {
-    TTBR0_EL1.get_baddr()
+/// Whether regime `R`'s MMU is on.
+pub fn is_enabled<R: RegimeControl>() -> bool {
+    read_sctlr::<R>() & 1 != 0
 }
 
-/// TLB maintenance for the shared kernel tables: every invalidation is broadcast to the inner
+/// Whether `SCTLR_ELx.WXN` is set for regime `R` (the audit takes it into account).
+pub fn wxn_enabled<R: RegimeControl>() -> bool {
+    read_sctlr::<R>() & SCTLR_WXN != 0
+}
+
+/// The root table regime `R`'s hardware walks for the lower range (TTBR0_ELx.BADDR).
+pub fn ttbr0<R: RegimeControl>() -> u64 {
+    match R::REGISTERS {
+        ControlRegisters::El1 => TTBR0_EL1.get_baddr(),
+        ControlRegisters::El2 => TTBR0_EL2.get_baddr(),
+    }
+}
+
+/// What the hardware makes of a privileged write to `va` in regime `R` (`AT S1E1W` or
+/// `AT S1E2W`): the physical address, or `None` if the write would fault.
+pub fn translate_write<R: RegimeControl>(va: u64) -> Option<u64> {
+    match R::AT_WRITE {
+        // SAFETY: an address translation instruction writes PAR_EL1 only; the ISB makes the
+        // result visible to the read below (D8.10, "PAR_EL1 is updated ... after a context
+        // synchronization event").
+        AtWrite::S1e1w => unsafe {
+            asm!("at s1e1w, {va}", "isb", va = in(reg) va, options(nostack, preserves_flags))
+        },
+        // SAFETY: as above.
+        AtWrite::S1e2w => unsafe {
+            asm!("at s1e2w, {va}", "isb", va = in(reg) va, options(nostack, preserves_flags))
+        },
+    }
+    let par = PAR_EL1.get();
+    (par & 1 == 0).then_some((par & 0x0000_ffff_ffff_f000) | (va & 0xfff))
+}
+
+/// Broadcast TLB invalidation of the page at `va` in regime `R`, with its barriers:
+/// `DSB ISHST; TLBI <R::TLBI_VA>, va >> 12; DSB ISH; ISB` (Arm ARM D8.14 break-before-make and
+/// D8.16 "TLB maintenance"): the DSB ISHST orders the table write before the invalidation, the
+/// DSB ISH waits until every CPU's TLB has dropped the entry, and the ISB makes this CPU's
+/// following instructions use the new state. The forms cover all levels (a table entry may be
+/// what changed) and every ASID for global kernel entries.
+pub fn invalidate_va_broadcast<R: RegimeControl>(va: u64) {
+    let page = (va >> 12) & ((1 << 44) - 1);
+    let repeat = REPEAT_TLBI.load(Ordering::Relaxed);
+    // One asm block per variant, so the compiler cannot separate the barriers from the TLBI.
+    match (R::TLBI_VA, repeat) {
+        // SAFETY: barriers and TLB invalidations by VA; no memory or register changes but the
+        // TLB state the caller wants dropped.
+        (TlbiByVa::Vaae1is, false) => unsafe {
+            asm!("dsb ishst", "tlbi vaae1is, {page}", "dsb ish", "isb",
+                page = in(reg) page, options(nostack, preserves_flags));
+        },
+        // SAFETY: as above.
+        (TlbiByVa::Vaae1is, true) => unsafe {
+            asm!("dsb ishst", "tlbi vaae1is, {page}", "dsb ish", "tlbi vaae1is, {page}", "dsb ish", "isb",
+                page = in(reg) page, options(nostack, preserves_flags));
+        },
+        // SAFETY: as above, for the EL2 regimes.
+        (TlbiByVa::Vae2is, false) => unsafe {
+            asm!("dsb ishst", "tlbi vae2is, {page}", "dsb ish", "isb",
+                page = in(reg) page, options(nostack, preserves_flags));
+        },
+        // SAFETY: as above.
+        (TlbiByVa::Vae2is, true) => unsafe {
+            asm!("dsb ishst", "tlbi vae2is, {page}", "dsb ish", "tlbi vae2is, {page}", "dsb ish", "isb",
+                page = in(reg) page, options(nostack, preserves_flags));
+        },
+    }
+}
+
+/// TLB maintenance for shared tables of regime `R`: every invalidation is broadcast to the inner
 /// shareable domain, because any CPU may hold any valid entry of shared tables, speculatively.
-pub struct BroadcastTlb;
+/// It implements only `TlbMaintenance<R>`, so it cannot be used on another regime's tables
+/// (`BroadcastTlb::<El1And0>` on an `AddressSpace<El2>` does not compile; the compile-fail test
+/// is on [`TlbMaintenance`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BroadcastTlb<R>(PhantomData<R>);
 
-impl TlbMaintenance for BroadcastTlb {
-    /// `DSB ISHST; TLBI VAAE1IS, va >> 12; DSB ISH; ISB` after an entry was written invalid
-    /// (Arm ARM D8.14 break-before-make and D8.16 "TLB maintenance"): the DSB ISHST orders the
-    /// table write before the invalidation, the DSB ISH waits until every CPU's TLB has dropped the
-    /// entry, and the ISB makes this CPU's following instructions use the new state. VAAE1IS covers
-    /// all ASIDs and all levels (global kernel entries, and a table entry may be what changed).
+impl<R> BroadcastTlb<R> {
+    /// The maintenance of regime `R`.
+    pub const fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<R: RegimeControl> TlbMaintenance<R> for BroadcastTlb<R> {
+    /// [`invalidate_va_broadcast`] after an entry was written invalid.
     fn invalidate_va(&mut self, va: u64, _level: u8) {
-        let page = (va >> 12) & ((1 << 44) - 1);
-        // One asm block per variant, so the compiler cannot separate the barriers from the TLBI.
-        if REPEAT_TLBI.load(Ordering::Relaxed) {
-            // SAFETY: barriers and TLB invalidations by VA; no memory or register changes but the
-            // TLB state the caller wants dropped.
-            unsafe {
-                asm!("dsb ishst", "tlbi vaae1is, {page}", "dsb ish", "tlbi vaae1is, {page}", "dsb ish", "isb",
-                    page = in(reg) page, options(nostack, preserves_flags));
-            }
-        } else {
-            // SAFETY: as above.
-            unsafe {
-                asm!("dsb ishst", "tlbi vaae1is, {page}", "dsb ish", "isb",
-                    page = in(reg) page, options(nostack, preserves_flags));
-            }
-        }
+        invalidate_va_broadcast::<R>(va);
     }
 
     /// `DSB ISHST; ISB` after new entries were written into invalid slots: the table walker of any
