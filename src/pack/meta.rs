@@ -148,13 +148,13 @@ impl TinyRuns {
         Some((word * 64 + bits.trailing_zeros() as usize) as u32)
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, feature = "check-invariants"))]
     fn contains(&self, len: u32, start: u32) -> bool {
         let chunk = at(start);
         self.starts[Self::bitmap(len) * WORDS + chunk / 64] & (1 << (chunk % 64)) != 0
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, feature = "check-invariants"))]
     fn count(&self) -> u32 {
         self.starts.iter().map(|w| w.count_ones()).sum()
     }
@@ -522,7 +522,7 @@ impl PackMeta {
 
     /// Checks every structural invariant against a walk of the runs; panics with the first
     /// violation. For tests.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "check-invariants"))]
     pub(crate) fn check(&self, index: &RunIndex, pack: usize) {
         use super::class::CLASSES;
         use alloc::collections::BTreeSet;

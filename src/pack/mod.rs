@@ -329,6 +329,15 @@ impl Slot {
     }
 }
 
+/// A live slot found by [`PackAllocator::slot_at`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotInfo {
+    /// Its first byte.
+    pub addr: u64,
+    /// The size it was allocated with.
+    pub size: usize,
+}
+
 /// Counters of the whole pool, kept up to date on every operation (reading them is O(1)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -525,6 +534,57 @@ impl<B: PackBackend> PackAllocator<B> {
         Ok(())
     }
 
+    /// The live slot that covers `addr` (a fault address, a return address in a backtrace), if
+    /// any: its start and the size it was allocated with. Nothing is changed.
+    pub fn slot_at(&self, addr: u64) -> Option<SlotInfo> {
+        let offset = addr.wrapping_sub(self.base);
+        if offset >= self.pool_size() as u64 {
+            return None;
+        }
+        let pack = (offset >> PACK_SHIFT) as usize % MAX_PACKS;
+        let bit = 1u64 << pack;
+        if let Some(meta) = self.packs[pack].as_ref() {
+            let chunk = (offset >> CHUNK_SHIFT) as u32 % CHUNKS_PER_PACK;
+            let start = meta.slot_covering(chunk)?;
+            let size = meta.slot_size(start)? as usize;
+            return Some(SlotInfo {
+                addr: self.pack_va(pack) + (u64::from(start) << CHUNK_SHIFT),
+                size,
+            });
+        }
+        if self.large_member & bit == 0 {
+            return None;
+        }
+        let first = 63 - (self.large_start & (bit | (bit - 1))).leading_zeros() as usize;
+        let large = self.large[first];
+        let start = self.pack_va(first);
+        (addr - start < (usize::from(large.packs) * PACK_SIZE) as u64).then_some(SlotInfo {
+            addr: start,
+            size: large.size,
+        })
+    }
+
+    /// The pool addresses of the mapped packs (slot packs, the cached empty pack and the packs of
+    /// large slots), in address order: what the audit expects to find mapped as pack blocks.
+    pub fn mapped_packs(&self) -> impl Iterator<Item = u64> + '_ {
+        (0..self.n_packs)
+            .filter(|&pack| self.mapped & (1 << pack) != 0)
+            .map(|pack| self.pack_va(pack))
+    }
+
+    /// Releases the cached empty pack, if one is kept (its frame goes back to the backend).
+    /// Returns whether one was released. An allocation that fails for want of frames while a
+    /// pack is cached does this itself and retries.
+    pub fn trim(&mut self) -> bool {
+        let Some(pack) = self.cached.take() else {
+            return false;
+        };
+        self.drop_pack_meta(pack);
+        self.mapped &= !(1 << pack);
+        self.backend.unmap_packs(self.pack_va(pack), 1);
+        true
+    }
+
     /// The pool-wide counters.
     pub fn stats(&self) -> Stats {
         let packs_mapped = self.mapped.count_ones() as usize;
@@ -706,7 +766,12 @@ impl<B: PackBackend> PackAllocator<B> {
         if unused == 0 {
             return Err(AllocError::PoolExhausted { size });
         }
-        let pack = unused.trailing_zeros() as usize;
+        self.map_pack_at(unused.trailing_zeros() as usize)
+    }
+
+    /// Maps a new slot pack at the unused position `pack`, as one free run.
+    #[cold]
+    fn map_pack_at(&mut self, pack: usize) -> Result<usize, AllocError> {
         let mut meta = PackMeta::try_new().ok_or(AllocError::MetadataExhausted)?;
         self.backend
             .map_packs(self.pack_va(pack), 1)
@@ -738,6 +803,10 @@ impl<B: PackBackend> PackAllocator<B> {
 
     // ---- large slots ----
 
+    /// A large slot, from the highest free run. If the frames run out while the cached empty
+    /// pack holds one outside that run, the frame is used after all: first through a run that
+    /// takes the cached pack in, else by releasing it and trying again (and caching a pack again
+    /// if that fails too), so a refused request leaves the allocator as it was.
     #[cold]
     fn allocate_large(&mut self, size: usize) -> Result<u64, AllocError> {
         let pool = self.pool_size();
@@ -748,6 +817,41 @@ impl<B: PackBackend> PackAllocator<B> {
         let cached = self.cached.map_or(0, |pack| 1u64 << pack);
         let usable = (!self.mapped & self.window_mask()) | cached;
         let start = highest_run(usable, count).ok_or(AllocError::PoolExhausted { size })?;
+        let out_of_frames = match self.allocate_large_at(start, count, size) {
+            Err(AllocError::MapFailed(BackendError::OutOfFrames)) => {
+                AllocError::MapFailed(BackendError::OutOfFrames)
+            }
+            result => return result,
+        };
+        let Some(pack) = self
+            .cached
+            .filter(|&pack| run_mask(start, count) & (1 << pack) == 0)
+        else {
+            return Err(out_of_frames);
+        };
+        // A run over the cached pack needs one frame less.
+        if let Some(start) = highest_run_over(usable, count, pack) {
+            return self.allocate_large_at(start, count, size);
+        }
+        self.trim();
+        let result = self.allocate_large_at(start, count, size);
+        if result.is_err() {
+            // Put a cached pack back where it was (the frame just released is free).
+            let _ = self.map_pack_at(pack);
+            self.cached = self.packs[pack].as_ref().map(|_| pack);
+        }
+        result
+    }
+
+    /// The large slot of `count` packs from `start` (all unmapped or the cached pack).
+    #[cold]
+    fn allocate_large_at(
+        &mut self,
+        start: usize,
+        count: usize,
+        size: usize,
+    ) -> Result<u64, AllocError> {
+        let cached = self.cached.map_or(0, |pack| 1u64 << pack);
         let run = run_mask(start, count);
 
         // Map what is not mapped yet: the run minus the cached pack, at most two pieces.
@@ -832,9 +936,12 @@ impl<B: PackBackend> PackAllocator<B> {
         u64::MAX >> (MAX_PACKS - self.n_packs)
     }
 
-    /// Checks every structural invariant; panics on the first violation. For tests.
-    #[cfg(test)]
-    pub(crate) fn check_invariants(&self) {
+    /// Checks every structural invariant of the allocator's records (free-run index, slot
+    /// edges, mapped and cached packs, large slots) and panics with the first one violated. For
+    /// tests: the host tests run it after every operation, and a kernel's own tests can with the
+    /// `check-invariants` feature.
+    #[cfg(any(test, feature = "check-invariants"))]
+    pub fn check_invariants(&self) {
         let mut slot_packs = 0u64;
         for (pack, meta) in self.packs.iter().enumerate() {
             if let Some(meta) = meta {
@@ -885,6 +992,14 @@ fn highest_run(bits: u64, count: usize) -> Option<usize> {
         starts &= starts >> 1;
     }
     (starts != 0).then(|| 63 - starts.leading_zeros() as usize)
+}
+
+/// Start of the highest run of `count` consecutive set bits in `bits` that includes bit `pack`.
+fn highest_run_over(bits: u64, count: usize, pack: usize) -> Option<usize> {
+    let lowest_start = (pack + 1).saturating_sub(count);
+    (lowest_start..=pack).rev().find(|&start| {
+        start + count <= 64 && bits & run_mask(start, count) == run_mask(start, count)
+    })
 }
 
 /// `count` set bits from bit `first`.

@@ -568,3 +568,127 @@ fn metadata_stays_small() {
     assert_eq!(arrays, 72 * 1024);
     assert!(core::mem::size_of::<PackMeta>() < 1100);
 }
+
+#[test]
+fn a_large_request_releases_the_cached_pack_when_frames_run_out() {
+    // Two frames; the cached empty pack holds one at the bottom of the pool, and the run of two
+    // packs is taken from the top: without the retry the 3 MiB request fails.
+    let mut alloc = PackAllocator::new(SimBackend::with_frame_limit(2), BASE, 8).expect("pool");
+    let small = alloc.alloc(64).expect("room");
+    alloc.free(small).expect("live");
+    assert_eq!(alloc.stats().cached_packs, 1);
+    let large = alloc
+        .alloc(3 << 20)
+        .expect("the cached pack's frame is reused");
+    assert_eq!(alloc.stats().cached_packs, 0);
+    assert_eq!(alloc.backend().mapped_packs(), 2);
+    assert_eq!(alloc.backend().counts().violations, 0);
+    alloc.check_invariants();
+    // With nothing cached to give back, running out is still an error that changes nothing.
+    refused(
+        &mut alloc,
+        AllocError::MapFailed(BackendError::OutOfFrames),
+        |a| a.alloc(64),
+    );
+    alloc.free(large).expect("live");
+    alloc.check_invariants();
+}
+
+#[test]
+fn trim_releases_only_the_cached_pack() {
+    let mut alloc = pool(4);
+    assert!(!alloc.trim(), "nothing cached yet");
+    let live = alloc.alloc(100).expect("room");
+    let other = alloc.alloc(PACK_SIZE).expect("a whole pack");
+    alloc.free(other).expect("live");
+    assert_eq!(alloc.stats().packs_mapped, 2);
+    assert!(alloc.trim());
+    assert_eq!(alloc.stats().packs_mapped, 1);
+    assert_eq!(alloc.stats().cached_packs, 0);
+    assert!(!alloc.trim());
+    assert_eq!(
+        alloc.mapped_packs().collect::<Vec<_>>(),
+        [pack_of_va(&live)]
+    );
+    assert!(alloc.backend().is_mapped(pack_of_va(&live)));
+    alloc.free(live).expect("still live");
+    alloc.check_invariants();
+}
+
+fn pack_of_va(slot: &Slot) -> u64 {
+    slot.addr() - slot.addr() % PACK
+}
+
+#[test]
+fn slot_at_finds_the_slot_covering_an_address() {
+    let mut alloc = pool(8);
+    let a = alloc.alloc(100).expect("room"); // two chunks
+    let b = alloc.alloc(64).expect("room");
+    let large = alloc.alloc(PACK_SIZE + 1).expect("two packs");
+    let before = snapshot(&alloc);
+    let info = |slot: &Slot| SlotInfo {
+        addr: slot.addr(),
+        size: slot.size(),
+    };
+    assert_eq!(alloc.slot_at(a.addr()), Some(info(&a)));
+    assert_eq!(
+        alloc.slot_at(a.addr() + 127),
+        Some(info(&a)),
+        "last byte of its chunks"
+    );
+    assert_eq!(alloc.slot_at(b.addr() + 8), Some(info(&b)));
+    assert_eq!(alloc.slot_at(large.addr()), Some(info(&large)));
+    assert_eq!(
+        alloc.slot_at(large.addr() + PACK + 5),
+        Some(info(&large)),
+        "its second pack"
+    );
+    // Free chunks, unmapped packs, outside the pool: nothing.
+    let free_chunk = a.addr().min(b.addr()) - 64;
+    assert_eq!(alloc.slot_at(free_chunk), None);
+    assert_eq!(alloc.slot_at(BASE + 5 * PACK), None);
+    assert_eq!(alloc.slot_at(BASE - 1), None);
+    assert_eq!(alloc.slot_at(BASE + 8 * PACK), None);
+    assert_eq!(alloc.slot_at(u64::MAX), None);
+    assert_eq!(snapshot(&alloc), before, "a lookup changes nothing");
+    let packs: Vec<u64> = alloc.mapped_packs().collect();
+    assert_eq!(packs, [BASE, BASE + 6 * PACK, BASE + 7 * PACK]);
+    assert_eq!(packs, alloc.backend().mapped().collect::<Vec<_>>());
+    for slot in [a, b, large] {
+        alloc.free(slot).expect("live");
+    }
+    alloc.check_invariants();
+}
+
+#[test]
+fn a_cached_pack_between_used_ones_is_released_for_a_large_request() {
+    // Packs 0 and 2 in use, 1 cached: no run of two includes it, so it is released to free its
+    // frame, and cached again when that is still not enough.
+    let setup = |frames| {
+        let mut alloc =
+            PackAllocator::new(SimBackend::with_frame_limit(frames), BASE, 5).expect("pool");
+        let a = alloc.alloc(PACK_SIZE).expect("pack 0");
+        let b = alloc.alloc(PACK_SIZE).expect("pack 1");
+        let c = alloc.alloc(PACK_SIZE).expect("pack 2");
+        alloc.free(b).expect("live");
+        assert_eq!(alloc.stats().cached_packs, 1);
+        (alloc, a, c)
+    };
+    let (mut alloc, _a, _c) = setup(3);
+    refused(
+        &mut alloc,
+        AllocError::MapFailed(BackendError::OutOfFrames),
+        |a| a.alloc(3 << 20),
+    );
+    assert_eq!(alloc.stats().cached_packs, 1, "cached again");
+    assert_eq!(alloc.backend().counts().violations, 0);
+
+    let (mut alloc, _a, _c) = setup(4);
+    let large = alloc
+        .alloc(3 << 20)
+        .expect("two frames once the cached one is released");
+    assert_eq!(pack_of(large.addr()), 3);
+    assert_eq!(alloc.stats().cached_packs, 0);
+    assert_eq!(alloc.backend().mapped_packs(), 4);
+    alloc.check_invariants();
+}
