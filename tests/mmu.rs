@@ -14,7 +14,8 @@ use core::ptr;
 use execmem::arch::aarch64::mmu as hw;
 use execmem::fault::{Access, ExceptionClass, FaultReport, FaultStatus};
 use execmem::mmu::{
-    AddressSpace, AuditContext, BLOCK_SIZE_2M, El1And0, Granularity, NoMaintenance, Role, Rule,
+    AddressSpace, AuditContext, BLOCK_SIZE_2M, El1And0, Granularity, NoMaintenance, PackFrame,
+    Role, Rule,
 };
 use execmem::poke::insn;
 use execmem::runtime::board;
@@ -319,11 +320,21 @@ fn audit_finds_planted_violations() {
             .write_volatile(entry.as_ptr().read_volatile() & !(1 << 53))
     };
 
-    let live = [pool.start, pool.start + BLOCK_SIZE_2M];
+    let live = [
+        PackFrame {
+            va: pool.start,
+            pa: frames.start,
+        },
+        PackFrame {
+            va: pool.start + BLOCK_SIZE_2M,
+            pa: frames.start + BLOCK_SIZE_2M,
+        },
+    ];
+    let frame_range = frames.start..frames.end();
     let context = |wxn| AuditContext {
         wxn,
         exec_pool_va: pool.start..pool.end(),
-        exec_frames_pa: frames.start..frames.end(),
+        exec_frames_pa: core::slice::from_ref(&frame_range),
         fixmap_va: memory::plan().fixmap.start..memory::plan().fixmap.end(),
         active_poke: None,
         live_packs: &live,

@@ -24,15 +24,27 @@ pub struct AuditContext<'a> {
     pub wxn: bool,
     /// The VA window of the exec pool: only 2 MiB pack blocks may be mapped there.
     pub exec_pool_va: Range<u64>,
-    /// The physical frames that back the exec pool: no writable view of them may exist, except
-    /// the active poke slot.
-    pub exec_frames_pa: Range<u64>,
+    /// Physical ranges that only exec packs may map (the demo kernel's exec frames): no writable
+    /// view of them may exist, mapped as a pack or not, except the active poke slot, and every
+    /// pack block must lie inside one. Empty when pack frames come from a general frame
+    /// allocator: then only the frames of live packs are checked.
+    pub exec_frames_pa: &'a [Range<u64>],
     /// The fixmap window of text-poke slots: empty when no poke is in progress.
     pub fixmap_va: Range<u64>,
     /// The fixmap VA of the slot of the poke in progress, if any.
     pub active_poke: Option<u64>,
-    /// The VAs of the packs the allocator holds live: each must be one level-2 block.
-    pub live_packs: &'a [u64],
+    /// The packs the pool has mapped, with the frame it recorded for each: each must be one
+    /// level-2 block onto exactly that frame, and no other block may be in the pool window.
+    pub live_packs: &'a [PackFrame],
+}
+
+/// A mapped pack and the 2 MiB frame behind it, as the pool records them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackFrame {
+    /// The pack's VA in the pool window.
+    pub va: u64,
+    /// The frame's physical address.
+    pub pa: u64,
 }
 
 /// A rule of the W^X and exec-pool invariants.
@@ -46,8 +58,9 @@ pub enum Rule {
     /// A descriptor that is writable and executable, kept from executing only by SCTLR.WXN: it
     /// would become a W+X mapping the moment WXN is cleared, so it is reported too.
     WritableExecutableBehindWxn,
-    /// A pack block whose output address is not inside the exec frames.
-    PackOutsideFrames,
+    /// A pack block that is not onto the frame the pool records for that pack (a stale block,
+    /// one the pool has no record of, or one outside the exec frames).
+    PackFrameMismatch,
     /// A mapping in the exec-pool window is not a level-2 block, or a live pack is not mapped by
     /// one level-2 block.
     PackNotBlock,
@@ -67,7 +80,7 @@ impl Rule {
             Self::WritableExecutableBehindWxn => {
                 "writable and executable descriptor (only WXN stops it)"
             }
-            Self::PackOutsideFrames => "exec pack block outside the exec frames",
+            Self::PackFrameMismatch => "exec pack block not on the frame the pool records",
             Self::PackNotBlock => "exec pack not mapped by one 2 MiB block",
             Self::PackAttributes => "exec pack attributes differ from ExecPool",
             Self::FixmapLiveWhenIdle => "fixmap slot valid outside a poke",
@@ -140,8 +153,8 @@ pub unsafe fn audit_root<R: Regime>(
         if permissions.write && !is_active_poke(leaf, context) {
             writable.push(*leaf);
         }
-        for (slot, &pack) in pack_leaves.iter_mut().zip(context.live_packs) {
-            if (leaf.va..leaf.va + leaf.size).contains(&pack) {
+        for (slot, pack) in pack_leaves.iter_mut().zip(context.live_packs) {
+            if (leaf.va..leaf.va + leaf.size).contains(&pack.va) {
                 *slot = Some(*leaf);
             }
         }
@@ -171,7 +184,7 @@ pub unsafe fn audit_root<R: Regime>(
         }
     }
 
-    for (&pack, leaf) in context.live_packs.iter().zip(pack_leaves) {
+    for (pack, leaf) in context.live_packs.iter().map(|p| p.va).zip(pack_leaves) {
         let violation = match leaf {
             Some(leaf) if leaf.level == 2 && leaf.va == pack => continue,
             Some(leaf) => Violation {
@@ -234,7 +247,11 @@ fn check_leaf<R: Regime>(leaf: &Leaf<R>, context: &AuditContext<'_>, out: &mut V
             report(Rule::WritableExecutableBehindWxn);
         }
     }
-    if permissions.write && overlaps(&pa_range, &context.exec_frames_pa) && !is_active_poke {
+    let in_exec_frames = context
+        .exec_frames_pa
+        .iter()
+        .any(|frames| overlaps(&pa_range, frames));
+    if permissions.write && in_exec_frames && !is_active_poke {
         report(Rule::WritableAliasOfExecMemory);
     }
     if overlaps(&va_range, &context.exec_pool_va) {
@@ -242,10 +259,16 @@ fn check_leaf<R: Regime>(leaf: &Leaf<R>, context: &AuditContext<'_>, out: &mut V
             report(Rule::PackNotBlock);
         } else if !is_exec_pack(leaf) {
             report(Rule::PackAttributes);
-        } else if !(context.exec_frames_pa.start <= pa_range.start
-            && pa_range.end <= context.exec_frames_pa.end)
-        {
-            report(Rule::PackOutsideFrames);
+        } else {
+            let recorded = context.live_packs.iter().find(|p| p.va == leaf.va);
+            let inside_frames = context.exec_frames_pa.is_empty()
+                || context
+                    .exec_frames_pa
+                    .iter()
+                    .any(|f| f.start <= pa_range.start && pa_range.end <= f.end);
+            if recorded.map(|p| p.pa) != Some(leaf.pa) || !inside_frames {
+                report(Rule::PackFrameMismatch);
+            }
         }
     }
     if overlaps(&va_range, &context.fixmap_va) && !is_active_poke {
@@ -284,12 +307,35 @@ mod tests {
     const PACKS: [u64; 2] = [POOL_VA, POOL_VA + M2];
     const NONE: TableAttributes = TableAttributes::NONE;
 
-    /// Exec pool of 8 packs (two live), fixmap window of 8 slots, WXN clear, no poke.
-    fn context(live_packs: &[u64]) -> AuditContext<'_> {
+    const FRAMES: [Range<u64>; 1] = [FRAMES_PA..FRAMES_PA + 8 * M2];
+    /// PACKS, on the first two exec frames.
+    const LIVE: [PackFrame; 2] = [
+        PackFrame {
+            va: PACKS[0],
+            pa: FRAMES_PA,
+        },
+        PackFrame {
+            va: PACKS[1],
+            pa: FRAMES_PA + M2,
+        },
+    ];
+
+    /// The records of packs at `vas`, each on the frame at the same offset in the exec frames.
+    fn packs(vas: &[u64]) -> Vec<PackFrame> {
+        vas.iter()
+            .map(|&va| PackFrame {
+                va,
+                pa: FRAMES_PA.wrapping_add(va.wrapping_sub(POOL_VA)),
+            })
+            .collect()
+    }
+
+    /// Exec pool of 8 packs, fixmap window of 8 slots, WXN clear, no poke.
+    fn context(live_packs: &[PackFrame]) -> AuditContext<'_> {
         AuditContext {
             wxn: false,
             exec_pool_va: POOL_VA..POOL_VA + 8 * M2,
-            exec_frames_pa: FRAMES_PA..FRAMES_PA + 8 * M2,
+            exec_frames_pa: &FRAMES,
             fixmap_va: FIXMAP_VA..FIXMAP_VA + 8 * K4,
             active_poke: None,
             live_packs,
@@ -337,10 +383,10 @@ mod tests {
 
     #[test]
     fn clean_space_reports_nothing() {
-        assert_eq!(clean::<El1And0>().audit(&context(&PACKS)), vec![]);
+        assert_eq!(clean::<El1And0>().audit(&context(&LIVE)), vec![]);
         let wxn = AuditContext {
             wxn: true,
-            ..context(&PACKS)
+            ..context(&LIVE)
         };
         assert_eq!(clean::<El2>().audit(&wxn), vec![]);
     }
@@ -354,11 +400,11 @@ mod tests {
         unsafe { slot.as_ptr().write_volatile(raw) };
         let poking = AuditContext {
             active_poke: Some(FIXMAP_VA),
-            ..context(&PACKS)
+            ..context(&LIVE)
         };
         assert_eq!(space.audit(&poking), vec![]);
         // The same slot with no poke in progress: left valid, and a writable alias of a pack.
-        let idle = rules(&space.audit(&context(&PACKS)));
+        let idle = rules(&space.audit(&context(&LIVE)));
         assert_eq!(
             idle,
             vec![
@@ -369,7 +415,7 @@ mod tests {
         // Another slot named as the active one does not cover this one.
         let other = AuditContext {
             active_poke: Some(FIXMAP_VA + K4),
-            ..context(&PACKS)
+            ..context(&LIVE)
         };
         assert_eq!(space.audit(&other).len(), 2);
     }
@@ -381,7 +427,7 @@ mod tests {
         map(&mut space, va, 0x1_0000_0000, M2, Data);
         // Clear PXN: EL1 may now execute a writable block.
         patch(&mut space, va, 2, |raw| raw & !(1 << 53));
-        let violations = space.audit(&context(&PACKS));
+        let violations = space.audit(&context(&LIVE));
         assert_eq!(rules(&violations), vec![(va, WritableExecutable)]);
         assert_eq!(
             violations[0].to_string(),
@@ -392,7 +438,7 @@ mod tests {
         assert_eq!(
             rules(&space.audit(&AuditContext {
                 wxn: true,
-                ..context(&PACKS)
+                ..context(&LIVE)
             })),
             vec![(va, WritableExecutableBehindWxn)]
         );
@@ -407,7 +453,7 @@ mod tests {
             },
         );
         assert_eq!(
-            rules(&space.audit(&context(&PACKS))),
+            rules(&space.audit(&context(&LIVE))),
             vec![(va, WritableExecutable)]
         );
     }
@@ -474,14 +520,14 @@ mod tests {
         let mut space = clean::<El1And0>();
         let va = 0x4100_0000;
         map(&mut space, va, FRAMES_PA + 0x1000, K4, Data);
-        let violations = space.audit(&context(&PACKS));
+        let violations = space.audit(&context(&LIVE));
         assert_eq!(rules(&violations), vec![(va, WritableAliasOfExecMemory)]);
         let line = "0x41000000 L3 page RW NX: writable alias of executable memory";
         assert_eq!(violations[0].to_string(), line);
         // A read-only alias is no W^X problem.
         space.unmap(va, K4, &mut NoMaintenance).expect("unmap");
         map(&mut space, va, FRAMES_PA + 0x1000, K4, Rodata);
-        assert_eq!(space.audit(&context(&PACKS)), vec![]);
+        assert_eq!(space.audit(&context(&LIVE)), vec![]);
     }
 
     #[test]
@@ -491,13 +537,13 @@ mod tests {
         let va = 0x5000_0000;
         map(&mut space, va, 0x4008_0000, K4, Data);
         assert_eq!(
-            rules(&space.audit(&context(&PACKS))),
+            rules(&space.audit(&context(&LIVE))),
             vec![(va, WritableAliasOfExecMemory)]
         );
         // Read-only, it is harmless.
         space.unmap(va, K4, &mut NoMaintenance).expect("unmap");
         map(&mut space, va, 0x4008_0000, K4, Rodata);
-        assert_eq!(space.audit(&context(&PACKS)), vec![]);
+        assert_eq!(space.audit(&context(&LIVE)), vec![]);
     }
 
     #[test]
@@ -506,8 +552,48 @@ mod tests {
         let va = POOL_VA + 2 * M2;
         map(&mut space, va, 0x1_0000_0000, M2, ExecPool);
         assert_eq!(
-            rules(&space.audit(&context(&PACKS))),
-            vec![(va, PackOutsideFrames)]
+            rules(&space.audit(&context(&LIVE))),
+            vec![(va, PackFrameMismatch)]
+        );
+    }
+
+    #[test]
+    fn pack_block_on_another_frame_than_recorded() {
+        // The pool records PACKS[1] on the frame at FRAMES_PA + 3 MiB blocks; the block points
+        // to FRAMES_PA + 1: inside the exec frames, but not the pack's frame.
+        let space = clean::<El1And0>();
+        let records = [
+            PackFrame {
+                va: PACKS[0],
+                pa: FRAMES_PA,
+            },
+            PackFrame {
+                va: PACKS[1],
+                pa: FRAMES_PA + 3 * M2,
+            },
+        ];
+        assert_eq!(
+            rules(&space.audit(&context(&records))),
+            vec![(PACKS[1], PackFrameMismatch)]
+        );
+        // Frames from a general allocator (no exec-frame range): the record alone decides.
+        let general = AuditContext {
+            exec_frames_pa: &[],
+            ..context(&records)
+        };
+        assert_eq!(
+            rules(&space.audit(&general)),
+            vec![(PACKS[1], PackFrameMismatch)]
+        );
+        let general = AuditContext {
+            exec_frames_pa: &[],
+            ..context(&LIVE)
+        };
+        assert_eq!(space.audit(&general), vec![]);
+        // A pack block the pool has no record of at all (a released pack left mapped).
+        assert_eq!(
+            rules(&space.audit(&context(&packs(&PACKS[..1])))),
+            vec![(PACKS[1], PackFrameMismatch)]
         );
     }
 
@@ -520,7 +606,7 @@ mod tests {
         space
             .map(pack, FRAMES_PA + 2 * M2, M2, ExecPool, pages, m)
             .expect("map");
-        let violations = space.audit(&context(&[PACKS[0], PACKS[1], pack]));
+        let violations = space.audit(&context(&packs(&[PACKS[0], PACKS[1], pack])));
         // Every page once; the live-pack check adds nothing for the page at the pack's VA.
         assert_eq!(violations.len(), 512);
         assert!(
@@ -535,7 +621,7 @@ mod tests {
     #[test]
     fn live_pack_not_mapped() {
         let missing = POOL_VA + 4 * M2;
-        let violations = clean::<El1And0>().audit(&context(&[PACKS[0], PACKS[1], missing]));
+        let violations = clean::<El1And0>().audit(&context(&packs(&[PACKS[0], PACKS[1], missing])));
         assert_eq!(rules(&violations), vec![(missing, PackNotBlock)]);
         let line = "0x3c800000 L2 unmapped: exec pack not mapped by one 2 MiB block";
         assert_eq!(violations[0].to_string(), line);
@@ -555,7 +641,7 @@ mod tests {
                 &mut NoMaintenance,
             )
             .expect("map");
-        let violations = space.audit(&context(&[PACKS[0], PACKS[1], pack]));
+        let violations = space.audit(&context(&packs(&[PACKS[0], PACKS[1], pack])));
         assert_eq!(rules(&violations), vec![(pack, PackNotBlock)]);
     }
 
@@ -583,7 +669,7 @@ mod tests {
                 &mut NoMaintenance,
             )
             .expect("map");
-        let found = rules(&space.audit(&context(&PACKS)));
+        let found = rules(&space.audit(&context(&LIVE)));
         let expected = [
             (writable, WritableAliasOfExecMemory),
             (writable, PackAttributes),
@@ -604,7 +690,7 @@ mod tests {
                 ..NONE
             },
         );
-        let found = rules(&space.audit(&context(&PACKS)));
+        let found = rules(&space.audit(&context(&LIVE)));
         assert!(found.contains(&(PACKS[0], PackAttributes)));
         assert!(found.contains(&(PACKS[1], PackAttributes)));
     }
@@ -618,10 +704,10 @@ mod tests {
             audit_root::<El1And0>(
                 space.root(),
                 &crate::mmu::LinearMap::IDENTITY,
-                &context(&PACKS),
+                &context(&LIVE),
             )
         };
-        assert_eq!(from_root, space.audit(&context(&PACKS)));
+        assert_eq!(from_root, space.audit(&context(&LIVE)));
         let expected = [
             (PACKS[1], WritableExecutable),
             (PACKS[1], WritableAliasOfExecMemory),

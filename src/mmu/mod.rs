@@ -36,7 +36,7 @@ pub mod table;
 
 use core::fmt;
 
-pub use audit::{AuditContext, Rule, Violation, audit_root};
+pub use audit::{AuditContext, PackFrame, Rule, Violation, audit_root};
 pub use descriptor::{
     BlockLevel, Descriptor, El1And0, El2, El2And0, LeafAttributes, MAIR_EL1_VALUE, MemoryType,
     Permissions, Regime, Role, Shareability, TableAttributes,

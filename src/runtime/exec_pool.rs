@@ -16,8 +16,8 @@ use spin::RwLock;
 use crate::arch::aarch64::{cache, mmu as hw, mmu::BroadcastTlb};
 use crate::layout::Region;
 use crate::mmu::{
-    AuditContext, BLOCK_SIZE_2M, El1And0, Granularity, MapError, Role, TableRoot, Violation,
-    audit_root,
+    AuditContext, BLOCK_SIZE_2M, El1And0, Granularity, MapError, PackFrame, Role, TableRoot,
+    Violation, audit_root,
 };
 use crate::poke::cache::MaintenancePlan;
 use crate::poke::insn;
@@ -211,16 +211,35 @@ pub fn live_packs() -> Vec<u64> {
         .collect()
 }
 
+/// The mapped packs with their frames, as the pool records them.
+pub fn pack_frames() -> Vec<PackFrame> {
+    let guard = POOL.read();
+    let Some(pool) = guard.as_ref() else {
+        return Vec::new();
+    };
+    let base = pool.window.start;
+    (0..MAX_PACKS)
+        .filter_map(|i| {
+            pool.packs[i].map(|pa| PackFrame {
+                va: base + i as u64 * BLOCK_SIZE_2M,
+                pa,
+            })
+        })
+        .collect()
+}
+
 /// Audits the live translation tables (from TTBR0_EL1, what the hardware walks) against the W^X
 /// and exec-pool rules. `active_poke` names the fixmap slot of a poke in progress, if the caller is
 /// inside one.
 pub fn audit_with(active_poke: Option<u64>) -> Vec<Violation> {
-    let live = live_packs();
+    let live = pack_frames();
     let fixmap = memory::plan().fixmap;
+    let frames = memory::plan().exec_frames;
+    let frames = frames.start..frames.end();
     let context = AuditContext {
         wxn: hw::wxn_enabled::<El1And0>(),
         exec_pool_va: memory::plan().exec_pool.start..memory::plan().exec_pool.end(),
-        exec_frames_pa: memory::plan().exec_frames.start..memory::plan().exec_frames.end(),
+        exec_frames_pa: core::slice::from_ref(&frames),
         fixmap_va: fixmap.start..fixmap.end(),
         active_poke,
         live_packs: &live,
