@@ -307,7 +307,7 @@ mod tests {
     const PACKS: [u64; 2] = [POOL_VA, POOL_VA + M2];
     const NONE: TableAttributes = TableAttributes::NONE;
 
-    const FRAMES: [Range<u64>; 1] = [FRAMES_PA..FRAMES_PA + 8 * M2];
+    const FRAMES: Range<u64> = FRAMES_PA..FRAMES_PA + 8 * M2;
     /// PACKS, on the first two exec frames.
     const LIVE: [PackFrame; 2] = [
         PackFrame {
@@ -335,7 +335,7 @@ mod tests {
         AuditContext {
             wxn: false,
             exec_pool_va: POOL_VA..POOL_VA + 8 * M2,
-            exec_frames_pa: &FRAMES,
+            exec_frames_pa: core::slice::from_ref(&FRAMES),
             fixmap_va: FIXMAP_VA..FIXMAP_VA + 8 * K4,
             active_poke: None,
             live_packs,
