@@ -34,6 +34,8 @@ pub mod poke;
 
 #[cfg(target_arch = "aarch64")]
 pub mod arch;
+#[cfg(target_arch = "aarch64")]
+pub mod manager;
 
 #[cfg(all(target_os = "none", feature = "runtime"))]
 pub mod runtime;

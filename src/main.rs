@@ -140,7 +140,7 @@ mod demo {
             let mut code = CodeBuf::new(slot.addr());
             code.push(insn::movz(W0, id, 0).expect("movz"));
             code.push(insn::ret());
-            if let Err(e) = slot.write(0, &code.as_bytes()) {
+            if let Err(e) = slot::write(&slot, 0, &code.as_bytes()) {
                 println!("slots: write failed: {e}");
                 return false;
             }

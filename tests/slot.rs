@@ -41,7 +41,7 @@ fn install(slot: &ExecSlot, value: u16) {
     let mut code = CodeBuf::new(slot.addr());
     code.push(insn::movz(W0, value, 0).expect("movz"));
     code.push(insn::ret());
-    slot.write(0, &code.as_bytes()).expect("write the program");
+    slot::write(slot, 0, &code.as_bytes()).expect("write the program");
 }
 
 fn call(addr: u64) -> u32 {
@@ -151,12 +151,16 @@ fn large_slot_spans_packs() {
     let mut tail = CodeBuf::new(slot.addr() + size as u64 - 8 - (size as u64 % 4));
     tail.push(insn::movz(W0, 501, 0).expect("movz"));
     tail.push(insn::ret());
-    slot.write((tail.base() - slot.addr()) as usize, &tail.as_bytes())
-        .expect("write at the end");
+    slot::write(
+        &slot,
+        (tail.base() - slot.addr()) as usize,
+        &tail.as_bytes(),
+    )
+    .expect("write at the end");
     assert_eq!(call(slot.addr()), 500);
     assert_eq!(call(tail.base()), 501);
     assert!(
-        slot.write(size - 4, &[0; 8]).is_err(),
+        slot::write(&slot, size - 4, &[0; 8]).is_err(),
         "writes may not leave the slot"
     );
     let packs = exec_pool::live_packs();

@@ -1128,6 +1128,50 @@ impl<R: Regime, M: TableMemory> AddressSpace<R, M> {
         linked
     }
 
+    /// Creates the tables down to level 2 over `va..va + size` (2 MiB aligned), leaving the
+    /// level-2 entries invalid: the exec pool window, so that mapping a pack later writes one
+    /// entry and never allocates or links a table (which, in a kernel's shared tables, would race
+    /// with the kernel's own table changes). Already existing tables are kept.
+    ///
+    /// Refused, with nothing changed: zero size, unaligned or out-of-range VA; a 2 MiB block
+    /// there ([`MapError::AlreadyMapped`]); a level-3 table there
+    /// ([`MapError::WouldReplaceTable`]); a 1 GiB block over it ([`MapError::WouldSplitBlock`]);
+    /// no memory ([`MapError::OutOfMemory`]).
+    pub fn reserve_blocks_2m(
+        &mut self,
+        va: u64,
+        size: u64,
+        maintenance: &mut impl TlbMaintenance<R>,
+    ) -> Result<(), MapError> {
+        check_va_range(self.root.range, va, size, BLOCK_SIZE_2M)?;
+        let mut new_tables = NewTables::default();
+        for at in (va..va + size).step_by(BLOCK_SIZE_2M as usize) {
+            let found = self.find(at);
+            match (found.level, found.descriptor) {
+                (2, Descriptor::Invalid) => {}
+                (2, _) => return Err(MapError::AlreadyMapped { va: at }),
+                (LEAF_LEVEL, _) => return Err(MapError::WouldReplaceTable { va: at }),
+                (_, Descriptor::Invalid) => new_tables.note(&found, at, 2),
+                _ => return Err(MapError::WouldSplitBlock { va: at }),
+            }
+        }
+        if new_tables.count == 0 {
+            return Ok(());
+        }
+        let mut pool = self.allocate_tables(new_tables.count)?;
+        maintenance.publish();
+        let mut linked = Ok(());
+        for at in (va..va + size).step_by(BLOCK_SIZE_2M as usize) {
+            linked = self.descend_creating(at, 2, &mut pool).map(|_| ());
+            if linked.is_err() {
+                break;
+            }
+        }
+        self.free_tables(pool);
+        maintenance.publish();
+        linked
+    }
+
     /// The level-3 entry for `va`, if a level-3 table covers it (after
     /// [`AddressSpace::reserve_pages`] or a page mapping). Its address is stable for the life of
     /// the address space: the hot poke path keeps it.
@@ -1664,6 +1708,57 @@ mod tests {
         let upper36 = VaRange::upper(36).expect("valid");
         assert_eq!(upper36.index(upper36.first(), 1), 0);
         assert_eq!(upper36.index(u64::MAX, 1), 63);
+    }
+
+    #[test]
+    fn reserved_blocks_take_packs_without_new_tables() {
+        let mut space =
+            AddressSpace::<El2>::new_in(HeapTables::IDENTITY, VaRange::LOWER_48).expect("root");
+        let m = &mut RecordingMaintenance::new();
+        space
+            .reserve_blocks_2m(0x4000_0000, 4 * M2, m)
+            .expect("reserve");
+        // L1 and L2 below the L0 root; nothing mapped.
+        assert_eq!(space.table_count(), 3);
+        assert!(leaves(&space).is_empty());
+        space
+            .reserve_blocks_2m(0x4000_0000, 4 * M2, m)
+            .expect("again: nothing to do");
+        assert_eq!(space.table_count(), 3);
+        space.set_allocation_budget(0);
+        space
+            .map(0x4020_0000, 0x8000_0000, M2, ExecPool, Block2M, m)
+            .expect("no table needed");
+        assert_eq!(
+            space.reserve_blocks_2m(0x4020_0000, M2, m),
+            Err(AlreadyMapped { va: 0x4020_0000 })
+        );
+        assert_eq!(
+            space.reserve_blocks_2m(0x4000_1000, M2, m),
+            Err(UnalignedVa {
+                va: 0x4000_1000,
+                align: M2
+            })
+        );
+        space
+            .reserve_pages(0x4060_0000, K4, &mut NoMaintenance)
+            .expect_err("no budget");
+        space.set_allocation_budget(1);
+        space
+            .reserve_pages(0x4060_0000, K4, m)
+            .expect("an L3 table");
+        assert_eq!(
+            space.reserve_blocks_2m(0x4060_0000, M2, m),
+            Err(WouldReplaceTable { va: 0x4060_0000 })
+        );
+        space.set_allocation_budget(1);
+        assert_eq!(
+            space.reserve_blocks_2m(0x80_0000_0000, M2, m),
+            Err(OutOfMemory),
+            "a new L2 table is refused with nothing linked"
+        );
+        assert!(space.leaf_entry_ptr(0x80_0000_0000).is_none());
+        assert_eq!(space.table_count(), 4);
     }
 
     #[test]

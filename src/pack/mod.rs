@@ -148,6 +148,8 @@ pub trait PackBackend {
 /// Why an allocation or a free was refused. Nothing was changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AllocError {
+    /// The exec manager is not set up yet (`ExecManager::init` has not run).
+    Uninitialised,
     /// A size of zero bytes.
     ZeroSize,
     /// More bytes than the whole pool.
@@ -207,6 +209,7 @@ pub enum AllocError {
 impl fmt::Display for AllocError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
+            Self::Uninitialised => write!(f, "the exec manager is not set up yet"),
             Self::ZeroSize => write!(f, "cannot allocate an exec slot of 0 bytes"),
             Self::TooLarge { size, pool } => {
                 write!(

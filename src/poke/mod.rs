@@ -143,6 +143,18 @@ pub enum PokeError {
     },
     /// Nothing to write.
     EmptySource,
+    /// This CPU has no poke slot: its index is not below the manager's CPU count.
+    NoPokeSlot {
+        /// The index the platform gave.
+        cpu: usize,
+    },
+    /// An offset into a slot is past the slot's end (or so large the address would wrap).
+    OffsetOutside {
+        /// The offset given.
+        offset: usize,
+        /// The region it is relative to.
+        region: ExecRegion,
+    },
 }
 
 impl fmt::Display for PokeError {
@@ -184,11 +196,32 @@ impl fmt::Display for PokeError {
                 insn::mnemonic(new)
             ),
             Self::EmptySource => f.write_str("nothing to write: the source is empty"),
+            Self::NoPokeSlot { cpu } => {
+                write!(
+                    f,
+                    "CPU {cpu} has no text-poke slot (more CPUs than configured)"
+                )
+            }
+            Self::OffsetOutside { offset, region } => write!(
+                f,
+                "offset {offset:#x} is outside its {region} ({} B)",
+                region.end - region.start
+            ),
         }
     }
 }
 
 impl core::error::Error for PokeError {}
+
+/// The address `offset` bytes into `region`, refused if it is not inside the region (checked, so
+/// a huge offset is an error, not an overflow).
+pub const fn offset_in(region: ExecRegion, offset: usize) -> Result<u64, PokeError> {
+    let at = region.start.checked_add(offset as u64);
+    match at {
+        Some(at) if at < region.end => Ok(at),
+        _ => Err(PokeError::OffsetOutside { offset, region }),
+    }
+}
 
 /// Refuses an instruction address that is not 4-byte aligned: instruction fetch is word-aligned,
 /// and a CMODX patch must be a single aligned 32-bit store (Arm ARM B2.2.5).
@@ -333,6 +366,37 @@ mod tests {
             new: insn::nop(),
         };
         assert!(msg(e).contains("batch (stop-the-world) path"));
+    }
+
+    #[test]
+    fn offsets_into_a_region_are_checked() {
+        assert_eq!(offset_in(SLOT, 0), Ok(0x4020_0100));
+        assert_eq!(offset_in(SLOT, 0xfc), Ok(0x4020_01fc));
+        assert_eq!(
+            offset_in(SLOT, 0x100),
+            Err(PokeError::OffsetOutside {
+                offset: 0x100,
+                region: SLOT
+            })
+        );
+        // Would wrap the address space: an error, not an overflow panic.
+        assert_eq!(
+            offset_in(SLOT, usize::MAX),
+            Err(PokeError::OffsetOutside {
+                offset: usize::MAX,
+                region: SLOT
+            })
+        );
+        assert_eq!(
+            format!(
+                "{}",
+                PokeError::OffsetOutside {
+                    offset: 0x100,
+                    region: SLOT
+                }
+            ),
+            "offset 0x100 is outside its slot [0x40200100, 0x40200200) (256 B)"
+        );
     }
 
     #[test]

@@ -308,7 +308,7 @@ fn workload_text(config: &Config, out: &mut Vec<Figure>) {
     for &size in config.copy_sizes {
         let copy = median_per_op(config.rounds, config.copy_reps, || {
             for _ in 0..config.copy_reps {
-                let _ = target.write(0, &source[..size]);
+                let _ = slot::write(&target, 0, &source[..size]);
             }
         });
         let buf = scratch.0.as_mut_ptr();

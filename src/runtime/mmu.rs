@@ -119,7 +119,7 @@ pub fn check_exec_layout(image: &KernelImage, plan: &MemoryPlan) -> Result<(), L
             return Err(LayoutError::NotBlockAligned(region));
         }
     }
-    if pool.size / crate::mmu::BLOCK_SIZE_2M > super::exec_pool::MAX_PACKS as u64 {
+    if pool.size / crate::mmu::BLOCK_SIZE_2M > crate::manager::MAX_PACKS as u64 {
         return Err(LayoutError::PoolTooLarge(pool));
     }
     if fixmap.size < 2 * crate::mmu::BLOCK_SIZE_2M {
@@ -205,17 +205,6 @@ pub fn init(machine: &Machine, placed: &MemoryPlan) -> Result<(), LayoutError> {
             )
             .map_err(|e| LayoutError::Map(region, e))?;
     }
-    // Level-3 entries for the poke slots exist from boot (invalid), so a poke only ever writes one
-    // leaf entry and never allocates.
-    let slots = Region::new(
-        "fixmap poke slots",
-        placed.fixmap.start,
-        board::CPUS as u64 * crate::mmu::PAGE_SIZE,
-    );
-    tables
-        .reserve_pages(slots.start, slots.size, &mut not_live)
-        .map_err(|e| LayoutError::Map(slots, e))?;
-
     let written = [
         image.text.start..image.all().end(),
         placed.heap.start..placed.heap.end(),

@@ -106,7 +106,6 @@ fn start(x0: u64, entry_el: u8) -> ! {
     cpu::unmask_serror_and_irq();
     BOOT_INFO.call_once(|| BootInfo { entry_el, dtb: x0 });
     exec_pool::init();
-    poke::init();
     // SAFETY: defined by the binary through `entry!`, with the signature declared above.
     unsafe { __execmem_main() };
     exit(true)

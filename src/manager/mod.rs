@@ -1,0 +1,514 @@
+//! The exec-memory manager on the hardware, for any kernel: exec pool, slot allocator, text poke
+//! and audit, as one type, [`ExecManager`], that a kernel instantiates over what it owns.
+//!
+//! The kernel brings its boot code, its page tables, its frame allocator and its panic handler;
+//! it tells the manager about them through [`Platform`]:
+//! - the translation regime its tables are in ([`Platform::Regime`]: EL1&0, EL2, or EL2&0 with
+//!   VHE), which fixes the descriptor bits, the TLBI and `AT` forms and the system registers;
+//! - memory for the few translation tables the manager adds below the kernel's root, and how the
+//!   kernel reaches a table by its physical address ([`Platform::Tables`], a [`TableMemory`]);
+//! - 2 MiB frames for packs ([`Platform::Frames`], a [`PackFrames`]);
+//! - this CPU's index, interrupt masking, and a way to stop the other CPUs for a patch that is not
+//!   CMODX-safe.
+//!
+//! ```ignore
+//! static EXEC: ExecManager<Hypervisor> = ExecManager::new();
+//!
+//! // At boot, once the kernel's tables are live (TTBR0_EL2) and the pool and fixmap windows are
+//! // left unmapped for the manager:
+//! unsafe { EXEC.init(config, TableRoot { pa: ttbr0, range: VaRange::LOWER_48 }, tables, frames) }?;
+//! let slot = EXEC.alloc(code.len())?;          // 64-byte aligned, RX, filled with BRK
+//! EXEC.write(&slot, 0, &code)?;                // through this CPU's text-poke alias
+//! let f: extern "C" fn() -> u64 = unsafe { core::mem::transmute(slot.as_ptr()) };
+//! f();
+//! EXEC.free(slot)?;                            // refilled with BRK, chunks released
+//! assert!(EXEC.audit().is_empty());            // W^X over the whole of the kernel's tables
+//! ```
+//!
+//! Exec memory is mapped read-only + executable, one 2 MiB block per pack, and never writable.
+//! Code goes in through a per-CPU 4 KiB writable alias in the fixmap window, mapped with
+//! interrupts masked and removed with a broadcast TLB invalidation of the regime, followed by the
+//! cache maintenance of Arm ARM B2.4.4. After [`ExecManager::init`] the manager writes only leaf
+//! entries inside its two windows: every table it needs is created at init, so it never races
+//! with the kernel's own changes to other parts of the tables.
+
+mod poke;
+mod pool;
+
+use core::fmt;
+use core::ops::Range;
+use core::sync::atomic::{AtomicPtr, AtomicUsize};
+
+use aarch64_cpu::registers::{DAIF, Readable, Writeable};
+use spin::{Mutex, Once, RwLock};
+
+use crate::arch::aarch64::mmu::BroadcastTlb;
+use crate::layout::Region;
+use crate::mmu::control::RegimeControl;
+use crate::mmu::{
+    AddressSpace, BLOCK_SIZE_2M, MapError, PAGE_SIZE, PackFrame, TableMemory, TableRoot, Violation,
+};
+use crate::pack::{
+    AllocError, BackendError, PACK_SIZE, PackAllocator, PackBackend, Slot, SlotInfo, Stats,
+};
+use crate::poke::cache::MaintenancePlan;
+use crate::poke::{ExecRegion, PokeError};
+
+pub use pool::PoolError;
+use pool::{Pool, ReleasedPacks};
+
+/// Most CPUs one manager serves: one 4 KiB poke slot each in the fixmap window.
+pub const MAX_CPUS: usize = 64;
+
+/// Most packs of one pool (the allocator's limit).
+pub const MAX_PACKS: usize = crate::pack::MAX_PACKS;
+
+/// 2 MiB physical frames for packs, from the kernel's frame allocator.
+pub trait PackFrames {
+    /// A 2 MiB-aligned 2 MiB frame of normal memory that nothing maps and nothing else will use
+    /// until it is given back, or `None` when there is none.
+    fn alloc_frame(&mut self) -> Option<u64>;
+
+    /// Gives back a frame from [`PackFrames::alloc_frame`], no longer mapped anywhere.
+    fn free_frame(&mut self, pa: u64);
+
+    /// Physical ranges reserved for packs only, if the kernel has such a region: the audit then
+    /// also reports any writable mapping of them, mapped as a pack or not. Empty by default
+    /// (frames from a general allocator: the audit checks the frames of the live packs).
+    fn exclusive_ranges(&self) -> &[Range<u64>] {
+        &[]
+    }
+}
+
+/// What the manager needs from the kernel that runs it.
+pub trait Platform: Sized + 'static {
+    /// The translation regime of the kernel's tables, and of the code that runs the manager.
+    type Regime: RegimeControl;
+    /// Table frames for the tables the manager adds at init, and the kernel's map of them.
+    type Tables: TableMemory + Send;
+    /// 2 MiB frames for packs.
+    type Frames: PackFrames + Send;
+
+    /// This CPU's index, below [`Config::cpus`]. Called with interrupts masked.
+    fn cpu_index() -> usize;
+
+    /// Runs `change` while every other CPU that may execute exec memory waits, and makes each of
+    /// them execute a context synchronisation event (an ISB) after it and before it runs
+    /// anything else (Linux `stop_machine` for `aarch64_insn_patch_text`). A kernel with one CPU
+    /// online just calls `change`.
+    fn stop_others_and_run(change: &mut dyn FnMut());
+
+    /// Masks every interrupt on this CPU and returns what to restore: while a CPU's writable
+    /// alias exists nothing else may run on it. The default saves DAIF and masks D, A, I and F.
+    fn mask_interrupts() -> u64 {
+        let saved = DAIF.get();
+        DAIF.write(DAIF::D::Masked + DAIF::A::Masked + DAIF::I::Masked + DAIF::F::Masked);
+        saved
+    }
+
+    /// Restores what [`Platform::mask_interrupts`] returned.
+    fn restore_interrupts(saved: u64) {
+        DAIF.set(saved);
+    }
+}
+
+/// Where the manager's two VA windows are, and what the CPUs need.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// The exec pool: 2 MiB aligned, up to [`MAX_PACKS`] packs, unmapped (the kernel maps
+    /// nothing there). Within ±128 MiB of the kernel's text, code in slots reaches it with one
+    /// `BL`.
+    pub pool: Region,
+    /// The fixmap window: 2 MiB aligned and at least 4 MiB, unmapped. Its first 2 MiB hold one
+    /// 4 KiB poke slot per CPU, its second is the block a fresh pack is filled through.
+    pub fixmap: Region,
+    /// CPUs that may poke (1 to [`MAX_CPUS`]).
+    pub cpus: usize,
+    /// The cache maintenance for code written to exec memory: from every CPU's CTR_EL0 and MIDR
+    /// ([`MaintenancePlan::for_cpus`]: the smallest lines, the errata of any core).
+    pub maintenance: MaintenancePlan,
+}
+
+/// Why [`ExecManager::init`] refused. Nothing was changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitError {
+    /// `init` already ran.
+    AlreadyInitialised,
+    /// A window is not 2 MiB aligned in start and size, or is empty.
+    NotBlockAligned(Region),
+    /// The pool has more than [`MAX_PACKS`] packs.
+    PoolTooLarge(Region),
+    /// The fixmap window is smaller than two 2 MiB blocks.
+    FixmapTooSmall(Region),
+    /// The CPU count is 0 or above [`MAX_CPUS`].
+    BadCpuCount(usize),
+    /// The two windows overlap.
+    Overlap(Region, Region),
+    /// A window is outside the VA range of the root.
+    OutsideVaRange(Region),
+    /// The tables refused (a window is mapped already, or no memory for a table).
+    Map(Region, MapError),
+}
+
+impl fmt::Display for InitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AlreadyInitialised => f.write_str("the exec manager is already set up"),
+            Self::NotBlockAligned(r) => write!(f, "{} is not 2 MiB aligned: {r}", r.name),
+            Self::PoolTooLarge(r) => write!(f, "exec pool has more than {MAX_PACKS} packs: {r}"),
+            Self::FixmapTooSmall(r) => write!(f, "fixmap window under 4 MiB: {r}"),
+            Self::BadCpuCount(n) => write!(f, "{n} CPUs: must be 1 to {MAX_CPUS}"),
+            Self::Overlap(a, b) => write!(f, "{} overlaps {}: {a} / {b}", a.name, b.name),
+            Self::OutsideVaRange(r) => write!(f, "{} is outside the tables' VA range: {r}", r.name),
+            Self::Map(r, e) => write!(f, "cannot prepare {}: {e}", r.name),
+        }
+    }
+}
+
+impl core::error::Error for InitError {}
+
+/// An executable slot: owns `size` bytes of exec memory at `addr` until it is given to
+/// [`ExecManager::free`]. Dropping it without `free` leaks the slot (like a raw pointer);
+/// [`ExecSlot::into_raw`] and [`ExecSlot::from_raw`] convert for C-style callers.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "an exec slot is freed with ExecManager::free"]
+pub struct ExecSlot {
+    slot: Slot,
+}
+
+impl ExecSlot {
+    /// First byte (64-byte aligned, or as requested).
+    pub fn addr(&self) -> u64 {
+        self.slot.addr()
+    }
+
+    /// The size asked for.
+    pub fn size(&self) -> usize {
+        self.slot.size()
+    }
+
+    /// The slot as a code pointer (cast it to a function pointer to call the code).
+    pub fn as_ptr(&self) -> *const u8 {
+        self.slot.addr() as *const u8
+    }
+
+    /// The slot as a poke region: writes through it may not leave the slot.
+    pub fn region(&self) -> ExecRegion {
+        ExecRegion::slot(self.slot.addr(), self.slot.end())
+    }
+
+    /// Gives up the handle: pointer and size for [`ExecManager::free_raw`] or
+    /// [`ExecSlot::from_raw`].
+    pub fn into_raw(self) -> (*const u8, usize) {
+        (self.as_ptr(), self.size())
+    }
+
+    /// Rebuilds a handle from [`ExecSlot::into_raw`]. Nothing is checked here;
+    /// [`ExecManager::free`] checks the pointer and size against the allocator's record, so a
+    /// wrong pair is refused there.
+    pub fn from_raw(ptr: *const u8, size: usize) -> Self {
+        Self {
+            slot: Slot::from_raw(ptr as u64, size),
+        }
+    }
+}
+
+impl fmt::Display for ExecSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "exec slot {:#x}+{}", self.addr(), self.size())
+    }
+}
+
+/// The manager. Lives in a `static` (or anything `'static`): [`ExecManager::new`] is `const`,
+/// [`ExecManager::init`] sets it up once at boot, and every other call is `&self` and safe from
+/// any CPU. Before `init`, allocations fail with [`AllocError::Uninitialised`] and pokes with
+/// [`PokeError::NotExecMemory`].
+pub struct ExecManager<P: Platform> {
+    config: Once<Config>,
+    /// The kernel's tables, adopted: the manager maps packs and the fill block through them.
+    tables: Mutex<Option<AddressSpace<P::Regime, P::Tables>>>,
+    /// Frames and the pack → frame records.
+    pool: RwLock<Option<Pool<P::Frames>>>,
+    /// The level-3 entry of each CPU's poke slot (stable: tables are never freed).
+    slot_entries: [AtomicPtr<u64>; MAX_CPUS],
+    /// Packs the allocator released, unmapped once its lock is dropped.
+    released: Mutex<ReleasedPacks>,
+    /// Serialises patches of live code (Linux `text_mutex`).
+    patch_lock: Mutex<()>,
+    /// 4 KiB alias mappings made so far, for reports and tests.
+    alias_maps: AtomicUsize,
+    allocator: Once<Mutex<PackAllocator<Backend<P>>>>,
+}
+
+impl<P: Platform> Default for ExecManager<P> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<P: Platform> ExecManager<P> {
+    /// A manager that is not set up yet.
+    pub const fn new() -> Self {
+        Self {
+            config: Once::new(),
+            tables: Mutex::new(None),
+            pool: RwLock::new(None),
+            slot_entries: [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS],
+            released: Mutex::new(ReleasedPacks::new()),
+            patch_lock: Mutex::new(()),
+            alias_maps: AtomicUsize::new(0),
+            allocator: Once::new(),
+        }
+    }
+
+    /// Sets the manager up over the kernel's live tables at `root`: checks the windows, creates
+    /// (invalid) the table entries it will use — the pool's level-2 entries, the fill block's,
+    /// one level-3 entry per CPU's poke slot — with tables from `tables`, and takes `frames`.
+    ///
+    /// # Safety
+    ///
+    /// - `root` is the root of the tables of regime `P::Regime` that every CPU running the
+    ///   manager uses (TTBR0_ELx or TTBR1_ELx), reachable through `tables`, and they and every
+    ///   table below them stay allocated for as long as the manager is used.
+    /// - The kernel maps nothing in `config.pool` and `config.fixmap`, ever, and does not change
+    ///   the table entries above them, so the manager's writes there race with no one.
+    /// - Interrupts may be on, but this runs on one CPU at a time (it is a boot-time call).
+    pub unsafe fn init(
+        &'static self,
+        config: Config,
+        root: TableRoot,
+        tables: P::Tables,
+        frames: P::Frames,
+    ) -> Result<(), InitError> {
+        if self.config.is_completed() {
+            return Err(InitError::AlreadyInitialised);
+        }
+        check_config(&config, root)?;
+        // SAFETY: the caller's contract: a live root of this regime, reachable through `tables`,
+        // whose windows nobody else writes.
+        let mut space = unsafe { AddressSpace::adopt(root.pa, root.range, tables) }
+            .map_err(|e| InitError::Map(config.pool, e))?;
+        let mut tlb = BroadcastTlb::<P::Regime>::new();
+        let fill = pool::fill_block(&config);
+        let slots = Region::new(
+            "fixmap poke slots",
+            config.fixmap.start,
+            config.cpus as u64 * PAGE_SIZE,
+        );
+        space
+            .reserve_blocks_2m(config.pool.start, config.pool.size, &mut tlb)
+            .map_err(|e| InitError::Map(config.pool, e))?;
+        space
+            .reserve_blocks_2m(fill, BLOCK_SIZE_2M, &mut tlb)
+            .map_err(|e| InitError::Map(config.fixmap, e))?;
+        space
+            .reserve_pages(slots.start, slots.size, &mut tlb)
+            .map_err(|e| InitError::Map(slots, e))?;
+        for (cpu, entry) in self.slot_entries.iter().enumerate().take(config.cpus) {
+            let slot = slots.start + cpu as u64 * PAGE_SIZE;
+            let found = space
+                .leaf_entry_ptr(slot)
+                .ok_or(InitError::Map(slots, MapError::NotMapped { va: slot }))?;
+            entry.store(found.as_ptr(), core::sync::atomic::Ordering::Release);
+        }
+        *self.tables.lock() = Some(space);
+        *self.pool.write() = Some(Pool::new(frames, config.pool));
+        let packs = (config.pool.size / PACK_SIZE as u64) as usize;
+        let allocator = PackAllocator::new(Backend { manager: self }, config.pool.start, packs)
+            .map_err(|_| InitError::PoolTooLarge(config.pool))?;
+        self.allocator.call_once(|| Mutex::new(allocator));
+        self.config.call_once(|| config);
+        Ok(())
+    }
+
+    /// The configuration, once set up.
+    pub fn config(&self) -> Option<&Config> {
+        self.config.get()
+    }
+
+    fn allocator(&self) -> Result<&Mutex<PackAllocator<Backend<P>>>, AllocError> {
+        self.allocator.get().ok_or(AllocError::Uninitialised)
+    }
+
+    /// Allocates `size` bytes of exec memory, 64-byte aligned, filled with BRK (Linux
+    /// `vmalloc_exec`).
+    pub fn alloc(&self, size: usize) -> Result<ExecSlot, AllocError> {
+        let slot = self.allocator()?.lock().alloc(size);
+        self.unmap_released_packs();
+        slot.map(|slot| ExecSlot { slot })
+    }
+
+    /// Allocates with a power-of-two alignment up to 4 KiB (e.g. page-aligned module text).
+    pub fn alloc_aligned(&self, size: usize, align: usize) -> Result<ExecSlot, AllocError> {
+        let slot = self.allocator()?.lock().alloc_aligned(size, align);
+        self.unmap_released_packs();
+        slot.map(|slot| ExecSlot { slot })
+    }
+
+    /// Frees a slot: refilled with BRK (a stale call traps), chunks released, an empty pack
+    /// unmapped (one is kept cached). On error the slot is unchanged and still allocated.
+    pub fn free(&self, slot: ExecSlot) -> Result<(), AllocError> {
+        let result = self.allocator()?.lock().free(slot.slot);
+        self.unmap_released_packs();
+        result
+    }
+
+    /// C-style allocation: the address, or an error.
+    pub fn alloc_raw(&self, size: usize) -> Result<*const u8, AllocError> {
+        let addr = self.allocator()?.lock().alloc_raw(size);
+        self.unmap_released_packs();
+        addr.map(|addr| addr as *const u8)
+    }
+
+    /// C-style free (Linux `vfree_exec(ptr, size)`); `size` must be the size the slot was
+    /// allocated with.
+    pub fn free_raw(&self, ptr: *const u8, size: usize) -> Result<(), AllocError> {
+        let result = self.allocator()?.lock().free_raw(ptr as u64, size);
+        self.unmap_released_packs();
+        result
+    }
+
+    /// Releases the cached empty pack, if any, giving its frame back. Returns whether one was.
+    pub fn trim(&self) -> Result<bool, AllocError> {
+        let trimmed = self.allocator()?.lock().trim();
+        self.unmap_released_packs();
+        Ok(trimmed)
+    }
+
+    /// The live slot that covers `addr` (for fault reports and tools); frees nothing.
+    pub fn slot_at(&self, addr: u64) -> Option<SlotInfo> {
+        self.allocator().ok()?.lock().slot_at(addr)
+    }
+
+    /// Allocator statistics (zero before `init`).
+    pub fn stats(&self) -> Stats {
+        self.allocator()
+            .map(|a| a.lock().stats())
+            .unwrap_or_default()
+    }
+
+    /// Writes the pack map (one line per mapped pack, one character per 32 KiB).
+    pub fn render_pack_map(&self, out: &mut dyn fmt::Write) -> fmt::Result {
+        match self.allocator() {
+            Ok(allocator) => allocator.lock().render_pack_map(out),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Checks the allocator's invariants; panics with the first one violated (for tests).
+    #[cfg(any(test, feature = "check-invariants"))]
+    pub fn check_invariants(&self) {
+        if let Ok(allocator) = self.allocator() {
+            allocator.lock().check_invariants();
+        }
+    }
+
+    /// Writes `code` at `offset` into `slot` through the text poke; refuses anything that would
+    /// run past the slot (an offset too large for the address space included).
+    pub fn write(&self, slot: &ExecSlot, offset: usize, code: &[u8]) -> Result<(), PokeError> {
+        let region = slot.region();
+        let dst = crate::poke::offset_in(region, offset)?;
+        self.text_copy_within(region, dst, code)
+    }
+
+    /// The mapped packs with their frames, as the pool records them.
+    pub fn mapped_packs(&self) -> alloc::vec::Vec<PackFrame> {
+        self.pool
+            .read()
+            .as_ref()
+            .map_or_else(alloc::vec::Vec::new, Pool::pack_frames)
+    }
+
+    /// Audits the live tables (the hardware's root for this regime) against the W^X and
+    /// exec-pool rules, with no poke in progress.
+    pub fn audit(&self) -> alloc::vec::Vec<Violation> {
+        self.audit_with(None)
+    }
+
+    /// The cache-maintenance plan in force (`None` before `init`).
+    pub fn maintenance_plan(&self) -> Option<&MaintenancePlan> {
+        self.config.get().map(|c| &c.maintenance)
+    }
+
+    /// Unmaps the packs the allocator released. Called without the allocator's lock (after a
+    /// free), and with it before mapping (so a released pack is gone before its VA is used again).
+    fn unmap_released_packs(&self) {
+        let mut queue = self.released.lock();
+        for va in queue.drain() {
+            // The allocator released exactly this pack; it is mapped until now.
+            let _ = self.unmap_pack(va);
+        }
+    }
+}
+
+/// Checks the windows against each other, the limits and the root's VA range.
+fn check_config(config: &Config, root: TableRoot) -> Result<(), InitError> {
+    let (pool, fixmap) = (config.pool, config.fixmap);
+    for region in [pool, fixmap] {
+        if region.size == 0
+            || !region.start.is_multiple_of(BLOCK_SIZE_2M)
+            || !region.size.is_multiple_of(BLOCK_SIZE_2M)
+        {
+            return Err(InitError::NotBlockAligned(region));
+        }
+        if !root.range.contains_range(region.start, region.size) {
+            return Err(InitError::OutsideVaRange(region));
+        }
+    }
+    if pool.size / BLOCK_SIZE_2M > MAX_PACKS as u64 {
+        return Err(InitError::PoolTooLarge(pool));
+    }
+    if fixmap.size < 2 * BLOCK_SIZE_2M {
+        return Err(InitError::FixmapTooSmall(fixmap));
+    }
+    if config.cpus == 0 || config.cpus > MAX_CPUS {
+        return Err(InitError::BadCpuCount(config.cpus));
+    }
+    if pool.overlaps(&fixmap) {
+        return Err(InitError::Overlap(pool, fixmap));
+    }
+    Ok(())
+}
+
+/// The allocator's backend: packs from the manager's pool, BRK refills through its text poke.
+struct Backend<P: Platform> {
+    manager: &'static ExecManager<P>,
+}
+
+impl<P: Platform> PackBackend for Backend<P> {
+    fn map_packs(&mut self, va: u64, count: usize) -> Result<(), BackendError> {
+        let manager = self.manager;
+        manager.unmap_released_packs();
+        for i in 0..count {
+            let pack = va + (i * PACK_SIZE) as u64;
+            if let Err(e) = manager.map_pack(pack) {
+                // Undo the packs mapped so far: a failed request changes nothing.
+                for j in 0..i {
+                    let _ = manager.unmap_pack(va + (j * PACK_SIZE) as u64);
+                }
+                return Err(match e {
+                    pool::PoolError::OutOfFrames => BackendError::OutOfFrames,
+                    pool::PoolError::AlreadyMapped(_) => BackendError::AlreadyMapped,
+                    _ => BackendError::PageTable,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Queued: the caller unmaps after dropping the allocator's lock.
+    fn unmap_packs(&mut self, va: u64, count: usize) {
+        let mut queue = self.manager.released.lock();
+        for i in 0..count {
+            queue.push(va + (i * PACK_SIZE) as u64);
+        }
+    }
+
+    fn fill_brk(&mut self, va: u64, len: usize) {
+        // The allocator passes whole chunks of a slot it owns, inside a mapped pack.
+        let brk = crate::poke::insn::brk(0);
+        let _ = self
+            .manager
+            .text_set(va, brk, len / crate::poke::insn::INSN_BYTES);
+    }
+}

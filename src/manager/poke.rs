@@ -1,0 +1,268 @@
+//! Text poke: the only way code gets into exec memory.
+//!
+//! Exec packs are mapped RO + X and never writable. To write, this CPU maps the physical page
+//! behind the destination (found in the pool's own records) at its fixmap slot as RW +
+//! execute-never, with interrupts masked, stores, and unmaps it again with a broadcast TLB
+//! invalidation of the regime — page by page for ranges that cross pages. Then one
+//! cache-maintenance pass over the whole range makes the new code visible to instruction fetch
+//! (see `arch::aarch64::cache`).
+
+use core::ptr;
+use core::sync::atomic::Ordering;
+
+use super::pool::{Records, exec_pa};
+use super::{ExecManager, Platform};
+use crate::arch::aarch64::{cache, mmu::BroadcastTlb};
+use crate::mmu::{BLOCK_SIZE_2M, PAGE_SIZE, Regime, Role, TlbMaintenance};
+use crate::poke::{self, ExecRegion, INSN_BYTES, PokeError};
+
+impl<P: Platform> ExecManager<P> {
+    /// How many 4 KiB alias mappings all pokes so far have made.
+    pub fn alias_maps(&self) -> usize {
+        self.alias_maps.load(Ordering::Relaxed)
+    }
+
+    /// The fixmap VA of CPU `cpu`'s poke slot (for the audit of a poke in progress).
+    pub fn poke_slot(&self, cpu: usize) -> Option<u64> {
+        let config = self.config.get()?;
+        (cpu < config.cpus).then(|| config.fixmap.start + cpu as u64 * PAGE_SIZE)
+    }
+
+    /// The pack position of the pool window holding `dst` (address arithmetic only; whether it
+    /// is mapped is checked once, under the pool's records lock, by the write itself).
+    fn pack_of(&self, dst: u64) -> Result<ExecRegion, PokeError> {
+        let pool = self
+            .config
+            .get()
+            .ok_or(PokeError::NotExecMemory { addr: dst })?
+            .pool;
+        if !pool.contains(dst) {
+            return Err(PokeError::NotExecMemory { addr: dst });
+        }
+        let start = dst - (dst - pool.start) % BLOCK_SIZE_2M;
+        Ok(ExecRegion::pack(start, start + BLOCK_SIZE_2M))
+    }
+
+    /// Copies `src` to exec address `dst` (Linux `text_poke_copy`). The range must lie in one
+    /// mapped pack.
+    pub fn text_copy(&self, dst: u64, src: &[u8]) -> Result<(), PokeError> {
+        self.text_copy_within(self.pack_of(dst)?, dst, src)
+    }
+
+    /// Copies `src` to `dst`, which must stay inside `region` (a slot or a pack).
+    pub fn text_copy_within(
+        &self,
+        region: ExecRegion,
+        dst: u64,
+        src: &[u8],
+    ) -> Result<(), PokeError> {
+        poke::check_range(dst, src.len(), region)?;
+        let records = self.pool.read();
+        exec_pa(&records, dst).ok_or(PokeError::NotExecMemory { addr: dst })?;
+        self.write_through_alias(&records, dst, src.len(), |alias, offset, len| {
+            // SAFETY: `alias` is this CPU's RW mapping of the page behind dst + offset, `len`
+            // bytes fit in it (the writer cuts at page boundaries), and `src` is ordinary memory.
+            unsafe { ptr::copy_nonoverlapping(src.as_ptr().add(offset), alias, len) };
+        })
+    }
+
+    /// Writes `count` copies of the instruction `insn` from `dst` (Linux `aarch64_insn_set`),
+    /// e.g. BRK.
+    pub fn text_set(&self, dst: u64, insn: u32, count: usize) -> Result<(), PokeError> {
+        self.text_set_within(self.pack_of(dst)?, dst, insn, count)
+    }
+
+    /// [`ExecManager::text_set`] limited to `region`.
+    pub fn text_set_within(
+        &self,
+        region: ExecRegion,
+        dst: u64,
+        insn: u32,
+        count: usize,
+    ) -> Result<(), PokeError> {
+        poke::check_insn_aligned(dst)?;
+        let len = count.checked_mul(INSN_BYTES).ok_or(PokeError::PastEnd {
+            dst,
+            len: usize::MAX,
+            region,
+        })?;
+        poke::check_range(dst, len, region)?;
+        let records = self.pool.read();
+        exec_pa(&records, dst).ok_or(PokeError::NotExecMemory { addr: dst })?;
+        self.write_through_alias(&records, dst, len, |alias, _, len| {
+            let words = alias.cast::<u32>();
+            for i in 0..len / INSN_BYTES {
+                // SAFETY: 4-byte aligned (dst is aligned and chunks split at page boundaries) and
+                // inside the alias page.
+                unsafe { words.add(i).write_volatile(insn) };
+            }
+        })
+    }
+
+    /// Reads the instruction at exec address `addr` (exec memory is readable).
+    pub fn read_insn(&self, addr: u64) -> Result<u32, PokeError> {
+        read_mapped(&self.pool.read(), addr)
+    }
+
+    /// Replaces one instruction in code that may be running on other CPUs: a single aligned
+    /// 32-bit store, allowed only when both the old and the new instruction are in the CMODX set
+    /// (Arm ARM B2.2.5), so every CPU executes either the old or the new one. `expected_old`
+    /// must match what is there. Any other change needs [`ExecManager::patch_batch`].
+    pub fn patch_insn(&self, addr: u64, expected_old: u32, new: u32) -> Result<(), PokeError> {
+        let _patching = self.patch_lock.lock();
+        let records = self.pool.read();
+        let found = read_mapped(&records, addr)?;
+        poke::check_old(addr, expected_old, found)?;
+        poke::check_pair(found, new)?;
+        self.write_through_alias(&records, addr, INSN_BYTES, |alias, _, _| {
+            // SAFETY: one aligned 32-bit store into the alias page (the CMODX single-copy-atomic
+            // write).
+            unsafe { alias.cast::<u32>().write_volatile(new) };
+        })
+    }
+
+    /// Arbitrary instruction changes, made while every other CPU waits
+    /// ([`Platform::stop_others_and_run`]) and then executes an ISB (Linux's `stop_machine`
+    /// pattern for `aarch64_insn_patch_text`). Every address is checked first; on any error
+    /// nothing is written. All stores are made first, then one cache-maintenance pass per run
+    /// of neighbouring instructions.
+    pub fn patch_batch(&self, patches: &[(u64, u32)]) -> Result<(), PokeError> {
+        let _patching = self.patch_lock.lock();
+        // Every lookup and lock before the others stop: a stopped CPU may hold anything else.
+        let records = self.pool.read();
+        for &(addr, _) in patches {
+            poke::check_insn_aligned(addr)?;
+            exec_pa(&records, addr).ok_or(PokeError::NotExecMemory { addr })?;
+        }
+        let plan = self
+            .maintenance_plan()
+            .ok_or(PokeError::NotExecMemory { addr: 0 })?;
+        self.check_this_cpu()?;
+        // The written instructions, sorted, as ranges that merge neighbours less than a page
+        // apart: one maintenance pass per range, not per instruction.
+        let mut ranges: alloc::vec::Vec<(u64, u64)> = patches
+            .iter()
+            .map(|&(a, _)| (a, a + INSN_BYTES as u64))
+            .collect();
+        ranges.sort_unstable();
+        ranges.dedup_by(|next, merged| {
+            if next.0 < merged.1 + PAGE_SIZE {
+                merged.1 = merged.1.max(next.1);
+                true
+            } else {
+                false
+            }
+        });
+        P::stop_others_and_run(&mut || {
+            for &(addr, new) in patches {
+                self.store_through_alias(&records, addr, INSN_BYTES, |alias, _, _| {
+                    // SAFETY: one aligned 32-bit store into the alias page; the others are
+                    // stopped.
+                    unsafe { alias.cast::<u32>().write_volatile(new) };
+                });
+            }
+            for &(start, end) in &ranges {
+                cache::sync_code_range(plan, start, end);
+            }
+        });
+        Ok(())
+    }
+
+    /// CPU `cpu`'s poke slot: its VA and its level-3 entry.
+    fn slot_entry(&self, cpu: usize) -> Option<(u64, *mut u64)> {
+        let slot = self.poke_slot(cpu)?;
+        let entry = self.slot_entries[cpu % super::MAX_CPUS].load(Ordering::Acquire);
+        (!entry.is_null()).then_some((slot, entry))
+    }
+
+    /// Refuses a poke from a CPU the manager has no slot for (an index at or above
+    /// [`super::Config::cpus`]), before anything is written.
+    fn check_this_cpu(&self) -> Result<(), PokeError> {
+        let saved = P::mask_interrupts();
+        let cpu = P::cpu_index();
+        P::restore_interrupts(saved);
+        match self.slot_entry(cpu) {
+            Some(_) => Ok(()),
+            None => Err(PokeError::NoPokeSlot { cpu }),
+        }
+    }
+
+    /// [`Self::store_through_alias`], then one cache-maintenance pass over the whole range.
+    fn write_through_alias(
+        &self,
+        records: &Records<'_, P::Frames>,
+        dst: u64,
+        len: usize,
+        write: impl FnMut(*mut u8, usize, usize),
+    ) -> Result<(), PokeError> {
+        let plan = self
+            .maintenance_plan()
+            .ok_or(PokeError::NotExecMemory { addr: dst })?;
+        self.check_this_cpu()?;
+        self.store_through_alias(records, dst, len, write);
+        cache::sync_code_range(plan, dst, dst + len as u64);
+        Ok(())
+    }
+
+    /// Maps each page of `[dst, dst + len)` at this CPU's fixmap slot in turn, lets `write`
+    /// store through it (alias pointer, offset into the range, bytes in this page) and unmaps
+    /// it, with interrupts masked from map to unmap (the CPU index is read there too, so a
+    /// kernel that migrates between pages uses each CPU's own slot). No cache maintenance: the
+    /// caller makes one pass over everything it wrote. The caller has checked the range and the
+    /// CPU, and holds the pool's `records`, so no frame behind it can be freed and reused
+    /// meanwhile.
+    fn store_through_alias(
+        &self,
+        records: &Records<'_, P::Frames>,
+        dst: u64,
+        len: usize,
+        mut write: impl FnMut(*mut u8, usize, usize),
+    ) {
+        let mut tlb = BroadcastTlb::<P::Regime>::new();
+        let mut offset = 0;
+        while offset < len {
+            let at = dst + offset as u64;
+            let in_page = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(len - offset);
+            let Some(pa) = exec_pa(records, at) else {
+                // Checked by the caller under the same records; never reached.
+                return;
+            };
+            let Ok(alias) = P::Regime::page_descriptor(pa & !(PAGE_SIZE - 1), Role::PokeAlias)
+            else {
+                // Frames are page-aligned memory below 2^48 (checked when taken); never reached.
+                return;
+            };
+            // Interrupts stay masked while the writable alias exists: nothing else runs on this
+            // CPU and sees it, and the alias is never left behind by a preemption.
+            let saved = P::mask_interrupts();
+            let Some((slot, entry)) = self.slot_entry(P::cpu_index()) else {
+                // Checked by the caller; a platform whose CPU index changes meaning is refused.
+                P::restore_interrupts(saved);
+                return;
+            };
+            // SAFETY: `entry` is this CPU's reserved, invalid fixmap L3 entry (made at init, never
+            // freed); only this CPU writes it, with interrupts masked.
+            unsafe { entry.write_volatile(alias) };
+            tlb.publish();
+            write((slot + at % PAGE_SIZE) as *mut u8, offset, in_page);
+            // SAFETY: as above; the alias is removed before interrupts are unmasked.
+            unsafe { entry.write_volatile(0) };
+            tlb.invalidate_va(slot, 3);
+            P::restore_interrupts(saved);
+            self.alias_maps.fetch_add(1, Ordering::Relaxed);
+            offset += in_page;
+        }
+    }
+}
+
+/// The instruction at `addr`, which must be aligned and in a pack the held `records` show mapped.
+fn read_mapped<F: super::PackFrames>(
+    records: &Records<'_, F>,
+    addr: u64,
+) -> Result<u32, PokeError> {
+    poke::check_insn_aligned(addr)?;
+    exec_pa(records, addr).ok_or(PokeError::NotExecMemory { addr })?;
+    // SAFETY: `addr` is aligned and inside a mapped pack (RO + X, readable), which cannot be
+    // unmapped while `records` is held.
+    Ok(unsafe { ptr::read_volatile(addr as *const u32) })
+}

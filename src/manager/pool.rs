@@ -1,0 +1,272 @@
+//! The exec pool: 2 MiB frames from the kernel, and packs mapped as one RX level-2 block each in
+//! the pool window. This is the backend the slot allocator runs on, and the record the text poke
+//! reads to find the physical page behind an exec address.
+//!
+//! A fresh pack is filled with BRK before it becomes executable, through the fixmap's fill block
+//! (a writable 2 MiB alias of a frame that is not yet mapped executable anywhere), then cleaned to
+//! the point of unification, mapped RX, and stale instruction-cache lines for its addresses are
+//! dropped. It stays one block until it is unmapped with break-before-make; it is never split.
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use super::{Config, ExecManager, MAX_PACKS, PackFrames, Platform};
+use crate::arch::aarch64::{cache, mmu as hw, mmu::BroadcastTlb};
+use crate::layout::Region;
+use crate::mmu::{
+    AuditContext, BLOCK_SIZE_2M, Granularity, MapError, PackFrame, Role, Violation, audit_root,
+};
+use crate::poke::insn;
+
+/// Errors of the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolError {
+    /// No free 2 MiB frame is left.
+    OutOfFrames,
+    /// The frame the kernel gave is not 2 MiB aligned; it was given back.
+    BadFrame(u64),
+    /// The VA is not a pack address inside the pool window.
+    NotAPack(u64),
+    /// The pack is already mapped.
+    AlreadyMapped(u64),
+    /// The pack is not mapped.
+    NotMapped(u64),
+    /// The manager is not set up.
+    Uninitialised,
+    /// The translation tables refused.
+    Map(MapError),
+}
+
+impl fmt::Display for PoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::OutOfFrames => f.write_str("no free 2 MiB frame for a pack"),
+            Self::BadFrame(pa) => write!(f, "frame {pa:#x} is not 2 MiB aligned"),
+            Self::NotAPack(va) => write!(f, "{va:#x} is not a pack address in the exec pool"),
+            Self::AlreadyMapped(va) => write!(f, "pack {va:#x} is already mapped"),
+            Self::NotMapped(va) => write!(f, "pack {va:#x} is not mapped"),
+            Self::Uninitialised => f.write_str("the exec manager is not set up"),
+            Self::Map(e) => write!(f, "translation tables: {e}"),
+        }
+    }
+}
+
+/// Frames and the pack → frame records.
+pub(super) struct Pool<F> {
+    frames: F,
+    /// The frame behind each pack of the window, by pack index.
+    packs: [Option<u64>; MAX_PACKS],
+    /// The pool's VA window.
+    window: Region,
+}
+
+impl<F: PackFrames> Pool<F> {
+    pub(super) fn new(frames: F, window: Region) -> Self {
+        Self {
+            frames,
+            packs: [None; MAX_PACKS],
+            window,
+        }
+    }
+
+    fn index(&self, va: u64) -> Result<usize, PoolError> {
+        if !self.window.contains(va) || !va.is_multiple_of(BLOCK_SIZE_2M) {
+            return Err(PoolError::NotAPack(va));
+        }
+        Ok(((va - self.window.start) / BLOCK_SIZE_2M) as usize)
+    }
+
+    /// The physical address behind exec address `va`, if its pack is mapped.
+    pub(super) fn exec_pa(&self, va: u64) -> Option<u64> {
+        if !self.window.contains(va) {
+            return None;
+        }
+        let offset = va - self.window.start;
+        let base = self.packs[(offset / BLOCK_SIZE_2M) as usize % MAX_PACKS]?;
+        Some(base + offset % BLOCK_SIZE_2M)
+    }
+
+    /// The mapped packs and their frames.
+    pub(super) fn pack_frames(&self) -> Vec<PackFrame> {
+        (0..MAX_PACKS)
+            .filter_map(|i| {
+                self.packs[i].map(|pa| PackFrame {
+                    va: self.window.start + i as u64 * BLOCK_SIZE_2M,
+                    pa,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Packs the allocator has released but that are still mapped: their unmapping (break-before-make
+/// with a broadcast TLBI, which waits for every CPU) is done after the allocator's lock is
+/// dropped, so other CPUs can allocate and free meanwhile. Whoever drains the queue holds its lock
+/// until the packs are unmapped, so a pack is never seen as both released and mapped by a new
+/// owner.
+pub(super) struct ReleasedPacks {
+    packs: [u64; MAX_PACKS],
+    len: usize,
+}
+
+impl ReleasedPacks {
+    pub(super) const fn new() -> Self {
+        Self {
+            packs: [0; MAX_PACKS],
+            len: 0,
+        }
+    }
+
+    pub(super) fn push(&mut self, va: u64) {
+        // A pack is released at most once before it is unmapped, so this never overflows; if it
+        // did, the pack would only stay mapped (BRK-filled, RX), which the audit accepts.
+        if self.len < MAX_PACKS {
+            self.packs[self.len] = va;
+            self.len += 1;
+        }
+    }
+
+    pub(super) fn drain(&mut self) -> impl Iterator<Item = u64> + '_ {
+        let len = core::mem::replace(&mut self.len, 0);
+        self.packs[..len].iter().copied()
+    }
+}
+
+/// The 2 MiB block of the fixmap window a fresh pack is filled through.
+pub(super) fn fill_block(config: &Config) -> u64 {
+    config.fixmap.start + BLOCK_SIZE_2M
+}
+
+/// Records, read-locked: while a `Records` lives no pack can be unmapped or its frame reused, so
+/// a physical address looked up through it stays the one behind the exec address.
+pub(super) type Records<'a, F> = spin::RwLockReadGuard<'a, Option<Pool<F>>>;
+
+/// The physical address behind `va` in the held records.
+pub(super) fn exec_pa<F: PackFrames>(records: &Records<'_, F>, va: u64) -> Option<u64> {
+    records.as_ref()?.exec_pa(va)
+}
+
+impl<P: Platform> ExecManager<P> {
+    /// Maps the pack at `va`: a fresh frame, filled with BRK, mapped RO + executable as one L2
+    /// block. The slot allocator maps its packs this way; called directly, it maps a whole pack
+    /// outside the allocator (for tools and tests), which the allocator then finds taken.
+    pub fn map_pack(&self, va: u64) -> Result<(), PoolError> {
+        let config = self.config.get().ok_or(PoolError::Uninitialised)?;
+        let mut guard = self.pool.write();
+        let pool = guard.as_mut().ok_or(PoolError::Uninitialised)?;
+        let index = pool.index(va)?;
+        if pool.packs[index].is_some() {
+            return Err(PoolError::AlreadyMapped(va));
+        }
+        let pa = pool.frames.alloc_frame().ok_or(PoolError::OutOfFrames)?;
+        if !pa.is_multiple_of(BLOCK_SIZE_2M) {
+            pool.frames.free_frame(pa);
+            return Err(PoolError::BadFrame(pa));
+        }
+        if let Err(e) = self.fill_and_map(config, va, pa) {
+            pool.frames.free_frame(pa);
+            return Err(e);
+        }
+        pool.packs[index] = Some(pa);
+        Ok(())
+    }
+
+    /// Unmaps the pack at `va` (break-before-make: invalid entry, broadcast TLBI) and gives its
+    /// frame back. Only for packs mapped with [`ExecManager::map_pack`] outside the allocator.
+    pub fn unmap_pack(&self, va: u64) -> Result<(), PoolError> {
+        let mut guard = self.pool.write();
+        let pool = guard.as_mut().ok_or(PoolError::Uninitialised)?;
+        let index = pool.index(va)?;
+        let pa = pool.packs[index].ok_or(PoolError::NotMapped(va))?;
+        self.with_tables(|t| t.unmap(va, BLOCK_SIZE_2M, &mut BroadcastTlb::new()))?
+            .map_err(PoolError::Map)?;
+        pool.packs[index] = None;
+        pool.frames.free_frame(pa);
+        Ok(())
+    }
+
+    fn with_tables<T>(
+        &self,
+        f: impl FnOnce(&mut crate::mmu::AddressSpace<P::Regime, P::Tables>) -> T,
+    ) -> Result<T, PoolError> {
+        let mut guard = self.tables.lock();
+        let tables = guard.as_mut().ok_or(PoolError::Uninitialised)?;
+        Ok(f(tables))
+    }
+
+    /// Fills the frame at `pa` with BRK through the fill block, then maps it RX at `va`.
+    fn fill_and_map(&self, config: &Config, va: u64, pa: u64) -> Result<(), PoolError> {
+        let fill = fill_block(config);
+        let plan = &config.maintenance;
+        self.with_tables(|t| {
+            let mut tlb = BroadcastTlb::<P::Regime>::new();
+            t.map(
+                fill,
+                pa,
+                BLOCK_SIZE_2M,
+                Role::PokeAlias,
+                Granularity::Block2M,
+                &mut tlb,
+            )?;
+            let brk = u64::from(insn::brk(0)) | (u64::from(insn::brk(0)) << 32);
+            let words = fill as *mut u64;
+            for i in 0..(BLOCK_SIZE_2M / 8) as usize {
+                // SAFETY: `fill` is mapped RW to this frame (2 MiB) just above; nothing else maps
+                // it (a fresh frame from the kernel).
+                unsafe { words.add(i).write_volatile(brk) };
+            }
+            // Clean the BRKs to the point of unification before the frame can be fetched from.
+            cache::clean_data_range(plan, fill, fill + BLOCK_SIZE_2M);
+            t.unmap(fill, BLOCK_SIZE_2M, &mut tlb)?;
+            t.map(
+                va,
+                pa,
+                BLOCK_SIZE_2M,
+                Role::ExecPool,
+                Granularity::Block2M,
+                &mut tlb,
+            )
+        })?
+        .map_err(PoolError::Map)?;
+        // The frame may have been executable at another VA before (a freed pack): drop any
+        // I-cache lines that still hold its old code.
+        cache::invalidate_icache_all();
+        Ok(())
+    }
+
+    /// The physical address behind exec address `va`, from the pool's own records (a snapshot).
+    pub fn exec_pa(&self, va: u64) -> Option<u64> {
+        exec_pa(&self.pool.read(), va)
+    }
+
+    /// Audits the live tables against the W^X and exec-pool rules: the whole of the kernel's
+    /// tables from the root given to `init` (the one in TTBR0_ELx or TTBR1_ELx, which the
+    /// hardware walks), with this regime's SCTLR_ELx.WXN. `active_poke` names the fixmap slot of
+    /// a poke in progress, if the caller is inside one.
+    pub fn audit_with(&self, active_poke: Option<u64>) -> Vec<Violation> {
+        let Some(config) = self.config.get() else {
+            return Vec::new();
+        };
+        let records = self.pool.read();
+        let Some(pool) = records.as_ref() else {
+            return Vec::new();
+        };
+        let live = pool.pack_frames();
+        let context = AuditContext {
+            wxn: hw::wxn_enabled::<P::Regime>(),
+            exec_pool_va: config.pool.start..config.pool.end(),
+            exec_frames_pa: pool.frames.exclusive_ranges(),
+            fixmap_va: config.fixmap.start..config.fixmap.end(),
+            active_poke,
+            live_packs: &live,
+        };
+        let tables = self.tables.lock();
+        let Some(tables) = tables.as_ref() else {
+            return Vec::new();
+        };
+        // SAFETY: the root is the kernel's live root (the `init` contract), reachable through the
+        // manager's table memory, never freed; the tables lock keeps the manager's own changes
+        // out while it is read, and the kernel's single-entry writes are tolerated by the walk.
+        unsafe { audit_root::<P::Regime>(tables.root(), tables.memory(), &context) }
+    }
+}
