@@ -1,5 +1,6 @@
-//! Boot foundation, in every boot mode: we reach Rust at EL1 whatever the entry level, the console
-//! works, the heap works, and faults are reported decoded.
+//! Boot foundation, in every boot mode: we reach Rust at EL2 when entered at EL2 (the kernel is
+//! the hypervisor) and at EL1 otherwise, the console works, the heap works, and faults are
+//! reported decoded.
 
 #![no_std]
 #![no_main]
@@ -32,7 +33,7 @@ fn main() {
     runtime::testing::run(
         "boot",
         tests![
-            runs_at_el1,
+            runs_at_the_expected_level,
             entry_level_is_plausible,
             console_prints,
             fp_simd_is_enabled,
@@ -50,8 +51,16 @@ fn main() {
     );
 }
 
-fn runs_at_el1() {
-    assert_eq!(cpu::current_el(), 1);
+fn runs_at_the_expected_level() {
+    let entry = runtime::boot_info().entry_el;
+    let expected = if entry == 2 { 2 } else { 1 };
+    assert_eq!(cpu::current_el(), expected, "entered at EL{entry}");
+    let regime = runtime::mmu::KernelRegime::current();
+    assert_eq!(regime.el(), expected);
+    println!(
+        "  entered at EL{entry}, running at EL{expected} ({} regime)",
+        regime.name()
+    );
 }
 
 fn entry_level_is_plausible() {
@@ -183,10 +192,13 @@ fn serror_and_irq_are_unmasked() {
 
 /// An SError is taken and decoded like any other exception. QEMU raises none by itself; with EL2
 /// below us the stub makes a virtual one pending (HCR_EL2.VSE). Entered at EL1 there is no EL2 to
-/// ask (virt-el1), which the case says.
+/// ask (virt-el1), and running at EL2 there is no stub (the kernel is EL2), which the case says.
 fn serror_is_taken_and_decoded() {
     if !el2_stub_present(runtime::boot_info().entry_el) {
-        println!("  entered at EL1: no EL2 stub to raise a virtual SError; nothing to provoke one");
+        println!(
+            "  running at EL{} with no EL2 stub below: no virtual SError to provoke",
+            cpu::current_el()
+        );
         return;
     }
     let report = catch(Resume::Continue, || {

@@ -11,7 +11,6 @@ extern crate alloc;
 use alloc::{boxed::Box, vec, vec::Vec};
 use core::ptr;
 
-use execmem::arch::aarch64::mmu as hw;
 use execmem::fault::{Access, ExceptionClass, FaultReport, FaultStatus};
 use execmem::mmu::{
     AddressSpace, AuditContext, BLOCK_SIZE_2M, El1And0, Granularity, NoMaintenance, PackFrame,
@@ -77,8 +76,8 @@ fn expect_fetch_fault(addr: u64) -> FaultReport {
 }
 
 fn mmu_is_on_with_wxn() {
-    assert!(hw::is_enabled::<El1And0>());
-    assert!(hw::wxn_enabled::<El1And0>());
+    assert!(mmu::mmu_enabled());
+    assert!(mmu::wxn_enabled());
 }
 
 fn audit_is_clean_after_boot() {
@@ -115,7 +114,7 @@ fn store_to_rodata_faults() {
 fn exec_pack_is_one_rx_block_full_of_brk() {
     let pack = memory::plan().exec_pool.start;
     exec_pool::map_pack(pack).expect("map a pack");
-    let translation = mmu::with_tables(|t| t.translate(pack)).expect("pack is mapped");
+    let translation = mmu::translate(pack).expect("pack is mapped");
     assert_eq!(translation.level, 2, "a pack is one level-2 block");
     assert_eq!(translation.size, BLOCK_SIZE_2M);
     assert!(

@@ -148,6 +148,12 @@ pub enum InitError {
     OutsideVaRange(Region),
     /// The tables refused (a window is mapped already, or no memory for a table).
     Map(Region, MapError),
+    /// MAIR_ELx does not give the attribute index of the manager's descriptors the memory type
+    /// they mean (index 1: Normal write-back, 0xff; see [`crate::mmu::MAIR_EL1_VALUE`]).
+    MairMismatch {
+        /// MAIR_ELx as found.
+        found: u64,
+    },
 }
 
 impl fmt::Display for InitError {
@@ -161,6 +167,11 @@ impl fmt::Display for InitError {
             Self::Overlap(a, b) => write!(f, "{} overlaps {}: {a} / {b}", a.name, b.name),
             Self::OutsideVaRange(r) => write!(f, "{} is outside the tables' VA range: {r}", r.name),
             Self::Map(r, e) => write!(f, "cannot prepare {}: {e}", r.name),
+            Self::MairMismatch { found } => write!(
+                f,
+                "MAIR_ELx {found:#x}: attribute index 1 must be Normal write-back (0xff), as the \
+                 exec pack and poke descriptors use it"
+            ),
         }
     }
 }
@@ -284,6 +295,11 @@ impl<P: Platform> ExecManager<P> {
             return Err(InitError::AlreadyInitialised);
         }
         check_config(&config, root)?;
+        let mair = crate::arch::aarch64::mmu::mair::<P::Regime>();
+        let normal = crate::mmu::MemoryType::NormalWriteBack;
+        if (mair >> (8 * normal.attr_index())) & 0xff != u64::from(normal.mair_attribute()) {
+            return Err(InitError::MairMismatch { found: mair });
+        }
         // SAFETY: the caller's contract: a live root of this regime, reachable through `tables`,
         // whose windows nobody else writes.
         let mut space = unsafe { AddressSpace::adopt(root.pa, root.range, tables) }

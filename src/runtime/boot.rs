@@ -1,5 +1,6 @@
-//! Entry point `_start` (boot.s): drops from EL3 or EL2 to EL1, enables FP/SIMD, installs the
-//! vectors, parks secondary CPUs, zeroes .bss and calls [`kernel_entry`](crate::runtime::start).
+//! Entry point `_start` (boot.s): stays at EL2 when entered there (with VHE where the CPU has it),
+//! else drops from EL3 to EL1 (or starts at EL1); enables FP/SIMD, installs the vectors of its
+//! level, parks secondary CPUs, zeroes .bss and calls [`kernel_entry`](crate::runtime::start).
 
 /// CPUs the boot code has a stack for; any others stay parked.
 pub const MAX_CPUS: usize = 4;
@@ -33,11 +34,14 @@ pub enum El2Stub {
     EndVirtualSError = 2,
 }
 
-/// Whether the EL2 stub is there: the kernel was entered at EL2 or EL3, and the CPU has EL2.
+/// Whether the EL2 stub is there: the kernel was entered at EL3 and dropped to EL1, and the CPU
+/// has EL2. (Entered at EL2 the kernel stays there: no stub.)
 pub fn el2_stub_present(entry_el: u8) -> bool {
     use aarch64_cpu::registers::{ID_AA64PFR0_EL1, Readable};
     // ID_AA64PFR0_EL1.EL2, bits [11:8] (aarch64-cpu names no field for it).
-    entry_el >= 2 && (ID_AA64PFR0_EL1.get() >> 8) & 0xf != 0
+    entry_el == 3
+        && crate::arch::aarch64::cpu::current_el() == 1
+        && (ID_AA64PFR0_EL1.get() >> 8) & 0xf != 0
 }
 
 /// Calls the EL2 stub; returns 0, or -1 for a function it does not know.

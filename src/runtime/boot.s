@@ -1,8 +1,11 @@
-// Boot: from whatever exception level the firmware or QEMU started us at (EL3, EL2 or EL1) down to
-// EL1, then CPU 0 zeroes .bss, takes its stack and calls `kernel_entry` (Rust). Other CPUs park.
+// Boot: where the kernel runs depends on where the firmware or QEMU started it. Entered at EL2 it
+// stays at EL2, as a hypervisor does (with VHE, HCR_EL2.E2H = 1, where the CPU has it: the EL2&0
+// regime; else the EL2 regime of Armv8.0, as on Cortex-A72). Entered at EL1 it runs at EL1.
+// Entered at EL3 it drops to EL1 (the firmware-like path). Then CPU 0 zeroes .bss, takes its stack
+// and calls `kernel_entry` (Rust). Other CPUs park.
 // Entered at EL3, every CPU first does what firmware would (`el3_firmware_setup`: CNTFRQ_EL0, the
-// GIC's security groups). Entered at EL2 or EL3, EL2 gets a minimal stub (VBAR_EL2), so an HVC from
-// EL1 has somewhere to go: it can raise a virtual SError, which is how the tests provoke one.
+// GIC's security groups), and EL2 gets a minimal stub (VBAR_EL2), so an HVC from EL1 has somewhere
+// to go: it can raise a virtual SError, which is how the tests provoke one.
 //
 // Register use before Rust runs (no stack yet):
 //   x19 = this CPU's number (MPIDR_EL1.Aff0)     x20 = x0 at entry (device tree pointer, if any)
@@ -20,6 +23,9 @@
 .equ HCR_EL2_VSE, (1 << 8)             // a virtual SError is pending
 .equ ESR_EC_HVC64, 0x16
 .equ CPACR_EL1_FPEN, (3 << 20)         // FP/SIMD not trapped at EL1 or EL0
+.equ HCR_EL2_IMO_FMO_AMO, 0x38         // physical IRQ, FIQ and SError taken to EL2 (else masked there)
+.equ HCR_EL2_E2H, (1 << 34)            // VHE: the EL2&0 regime, EL1 register layouts at EL2
+.equ CPTR_EL2_VHE_NO_TRAPS, (3 << 20) | (3 << 16) // E2H = 1 (CPACR layout): FPEN, ZEN = 0b11
 
 .section .text.boot, "ax"
 .global _start
@@ -88,13 +94,34 @@ _start:
     eret
 
 .Lfrom_el2:
-    bl      .Lsetup_el2_for_el1
-    adr     x1, .Lat_el1
-    msr     elr_el2, x1
-    mov     x1, #SPSR_EL1H_DAIF_MASKED
-    msr     spsr_el2, x1
+    // Stay: the kernel is the hypervisor. VHE where ID_AA64MMFR1_EL1.VH (bits [11:8]) says so
+    // (required where E2H is RES1); E2H is set first, because it changes the layout of SCTLR_EL2,
+    // CPTR_EL2 and TCR_EL2 written after it.
+    ldr     x1, =HCR_EL2_RW | HCR_EL2_IMO_FMO_AMO
+    mrs     x2, id_aa64mmfr1_el1
+    ubfx    x2, x2, #8, #4
+    cbz     x2, 1f
+    orr     x1, x1, #HCR_EL2_E2H
+1:  msr     hcr_el2, x1
     isb
-    eret
+    cbz     x2, 2f
+    ldr     x1, =SCTLR_EL1_RESET             // E2H = 1: SCTLR_EL2 has the SCTLR_EL1 layout
+    ldr     x3, =CPTR_EL2_VHE_NO_TRAPS
+    b       3f
+2:  ldr     x1, =SCTLR_EL2_RESET
+    ldr     x3, =CPTR_EL2_NO_TRAPS
+3:  msr     sctlr_el2, x1
+    msr     cptr_el2, x3
+    msr     hstr_el2, xzr
+    mrs     x1, pmcr_el0                    // no debug or PMU traps (MDCR_EL2 resets UNKNOWN)
+    ubfx    x1, x1, #11, #5
+    msr     mdcr_el2, x1
+    msr     spsel, #1
+    adrp    x1, exception_vectors_el2
+    add     x1, x1, :lo12:exception_vectors_el2
+    msr     vbar_el2, x1
+    isb
+    b       .Lcommon
 
 // The EL2 state that EL1 depends on. Called from EL3 and EL2 (both may write EL2 registers).
 // Uses x1 only; returns with `ret` (x30), no stack.
@@ -140,10 +167,11 @@ _start:
     // FP/SIMD before any Rust: aarch64-unknown-none code uses SIMD registers (memcpy, formatting).
     mov     x1, #CPACR_EL1_FPEN
     msr     cpacr_el1, x1
-    adrp    x1, exception_vectors
-    add     x1, x1, :lo12:exception_vectors
+    adrp    x1, exception_vectors_el1
+    add     x1, x1, :lo12:exception_vectors_el1
     msr     vbar_el1, x1
     isb
+.Lcommon:
     cbnz    x19, .Lpark_secondary
 
     // .bss is zero for Rust; the region is 16-byte aligned by the linker script.
@@ -167,7 +195,7 @@ _start:
 3:  wfe                                     // kernel_entry does not return
     b       3b
 
-// Secondary CPUs wait, at EL1 with the MMU off, until `SECONDARY_ENTRY[cpu]` holds an entry
+// Secondary CPUs wait, at the kernel's level with the MMU off, until `SECONDARY_ENTRY[cpu]` holds an entry
 // address; they then take their own stack and jump there with x0 = cpu. The table lives in .data
 // (not .bss) so it reads as zero before CPU 0 has zeroed .bss. The releasing CPU must write the
 // entry with a cache clean to the point of coherency and then `SEV`.

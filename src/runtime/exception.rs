@@ -1,8 +1,9 @@
-//! Exception entry: the vector table (vectors.s) saves an [`ExceptionFrame`] and calls
-//! [`handle_exception`], which reads the syndrome registers and hands a decoded
-//! [`FaultReport`] to the kernel's policy (`runtime::fault`).
+//! Exception entry: the vector tables (vectors.s, one for EL1 and one for EL2) save an
+//! [`ExceptionFrame`] and call [`handle_exception`], which reads the syndrome registers of the
+//! level the exception was taken to and hands a decoded [`FaultReport`] to the kernel's policy
+//! (`runtime::fault`). ESR_EL2 has ESR_EL1's layout for exceptions taken from the current level.
 
-use aarch64_cpu::registers::{ELR_EL1, ESR_EL1, FAR_EL1, Readable};
+use aarch64_cpu::registers::{ELR_EL1, ELR_EL2, ESR_EL1, ESR_EL2, FAR_EL1, FAR_EL2, Readable};
 
 use super::boot::MAX_CPUS;
 use crate::fault::FaultReport;
@@ -29,9 +30,9 @@ core::arch::global_asm!(
 pub struct ExceptionFrame {
     /// General-purpose registers x0..x30.
     pub x: [u64; 31],
-    /// Where execution resumes (ELR_EL1).
+    /// Where execution resumes (ELR_ELx).
     pub elr: u64,
-    /// Saved PSTATE (SPSR_EL1).
+    /// Saved PSTATE (SPSR_ELx).
     pub spsr: u64,
     /// FP status register.
     pub fpsr: u64,
@@ -74,16 +75,30 @@ impl VectorKind {
     }
 }
 
-/// Called by vectors.s with the vector number and the saved frame.
-#[unsafe(no_mangle)]
-extern "C" fn handle_exception(kind: u64, frame: &mut ExceptionFrame) {
-    let kind = VectorKind(kind);
-    if kind.has_syndrome() {
-        let report = FaultReport {
+/// The syndrome of the exception taken to `el` (1 or 2), with `elr` as its return address.
+fn syndrome(el: u64, elr: Option<u64>) -> FaultReport {
+    if el == 2 {
+        FaultReport {
+            esr: ESR_EL2.get(),
+            far: FAR_EL2.get(),
+            elr: elr.unwrap_or_else(|| ELR_EL2.get()),
+        }
+    } else {
+        FaultReport {
             esr: ESR_EL1.get(),
             far: FAR_EL1.get(),
-            elr: frame.elr,
-        };
+            elr: elr.unwrap_or_else(|| ELR_EL1.get()),
+        }
+    }
+}
+
+/// Called by vectors.s with the vector number | the level it was taken to << 8, and the saved
+/// frame.
+#[unsafe(no_mangle)]
+extern "C" fn handle_exception(kind_el: u64, frame: &mut ExceptionFrame) {
+    let kind = VectorKind(kind_el & 0xff);
+    if kind.has_syndrome() {
+        let report = syndrome(kind_el >> 8, Some(frame.elr));
         crate::runtime::fault::on_exception(kind, report, frame);
     } else {
         crate::runtime::fault::on_interrupt(kind, frame);
@@ -93,11 +108,7 @@ extern "C" fn handle_exception(kind: u64, frame: &mut ExceptionFrame) {
 /// Called by vectors.s, on this CPU's overflow stack, when an exception's frame would not fit on
 /// the interrupted stack (its SP is in or next to a guard page). Never returns.
 #[unsafe(no_mangle)]
-extern "C" fn handle_stack_overflow(kind: u64, sp: u64) -> ! {
-    let report = FaultReport {
-        esr: ESR_EL1.get(),
-        far: FAR_EL1.get(),
-        elr: ELR_EL1.get(),
-    };
-    crate::runtime::fault::on_stack_overflow(VectorKind(kind), sp, report)
+extern "C" fn handle_stack_overflow(kind_el: u64, sp: u64) -> ! {
+    let report = syndrome(kind_el >> 8, None);
+    crate::runtime::fault::on_stack_overflow(VectorKind(kind_el & 0xff), sp, report)
 }

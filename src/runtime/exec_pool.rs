@@ -1,27 +1,33 @@
 //! The demo kernel's instance of the manager: [`crate::manager::ExecManager`] over this kernel's
-//! own pieces — the kernel tables (EL1&0, identity-mapped heap), the exec frames the memory plan
-//! set apart, CPU numbers from MPIDR_EL1, and the rendezvous for stop-the-world patches. This is
-//! one implementation of the [`Platform`] traits, as any kernel that embeds execmem writes its
-//! own; nothing in the manager calls into the runtime.
+//! own pieces — the kernel tables (identity-mapped heap) in the regime it runs in, the exec frames
+//! the memory plan set apart, CPU numbers from MPIDR_EL1, and the rendezvous for stop-the-world
+//! patches. This is one implementation of the [`Platform`] traits, as any kernel that embeds
+//! execmem writes its own; nothing in the manager calls into the runtime.
+//!
+//! The same image runs at EL1 or at EL2 (whichever boot.s stayed at), so there is one manager per
+//! regime, and the functions here use the one of the running regime ([`KernelRegime`]).
 
 use alloc::vec::Vec;
+use core::marker::PhantomData;
 use core::ops::Range;
 
 use buddy_system_allocator::FrameAllocator;
 
 use crate::arch::aarch64::cpu;
 use crate::manager::{Config, ExecManager, PackFrames, Platform};
-use crate::mmu::{El1And0, HeapTables, PackFrame, TableRoot, Violation};
+use crate::mmu::control::RegimeControl;
+use crate::mmu::{El1And0, El2, El2And0, HeapTables, PackFrame, Violation};
 use crate::poke::cache::MaintenancePlan;
+use crate::runtime::mmu::KernelRegime;
 use crate::runtime::{board, memory, mmu, rendezvous};
 
 pub use crate::manager::{MAX_PACKS, PoolError};
 
-/// The demo kernel as a [`Platform`].
-pub struct Demo;
+/// The demo kernel as a [`Platform`], in regime `R`.
+pub struct Demo<R>(PhantomData<R>);
 
-impl Platform for Demo {
-    type Regime = El1And0;
+impl<R: RegimeControl> Platform for Demo<R> {
+    type Regime = R;
     type Tables = HeapTables;
     type Frames = ExecFrames;
 
@@ -54,12 +60,30 @@ impl PackFrames for ExecFrames {
     }
 }
 
-static MANAGER: ExecManager<Demo> = ExecManager::new();
+pub(crate) static MANAGER_EL1: ExecManager<Demo<El1And0>> = ExecManager::new();
+pub(crate) static MANAGER_EL2: ExecManager<Demo<El2>> = ExecManager::new();
+pub(crate) static MANAGER_EL2_VHE: ExecManager<Demo<El2And0>> = ExecManager::new();
 
-/// The kernel's manager.
-pub fn manager() -> &'static ExecManager<Demo> {
-    &MANAGER
+/// Runs `$body` with `$m` bound to the manager of the running regime.
+macro_rules! with_manager {
+    ($m:ident => $body:expr) => {
+        match $crate::runtime::mmu::KernelRegime::current() {
+            $crate::runtime::mmu::KernelRegime::El1 => {
+                let $m = &$crate::runtime::exec_pool::MANAGER_EL1;
+                $body
+            }
+            $crate::runtime::mmu::KernelRegime::El2 => {
+                let $m = &$crate::runtime::exec_pool::MANAGER_EL2;
+                $body
+            }
+            $crate::runtime::mmu::KernelRegime::El2Vhe => {
+                let $m = &$crate::runtime::exec_pool::MANAGER_EL2_VHE;
+                $body
+            }
+        }
+    };
 }
+pub(crate) use with_manager;
 
 /// Sets the manager up over the live kernel tables. Called once at boot, after the MMU is on.
 pub fn init() {
@@ -79,28 +103,29 @@ pub fn init() {
         cpus: board::CPUS,
         maintenance: MaintenancePlan::new(cpu::cache_type(), cpu::midr()),
     };
-    let root: TableRoot = mmu::with_tables(|t| t.root());
-    // SAFETY: `root` is the live kernel root in TTBR0_EL1 on every CPU, identity-mapped heap
-    // tables that are never freed; the boot plan leaves the pool and fixmap windows unmapped and
-    // the runtime maps nothing there afterwards; this runs once, on CPU 0.
-    if let Err(e) = unsafe { MANAGER.init(config, root, HeapTables::IDENTITY, frames) } {
-        panic!("exec manager: {e}");
+    let root = mmu::root();
+    // SAFETY: `root` is the live kernel root in TTBR0_ELx of the running regime, on every CPU;
+    // identity-mapped heap tables that are never freed; the boot plan leaves the pool and fixmap
+    // windows unmapped and the runtime maps nothing there afterwards; this runs once, on CPU 0.
+    let result = with_manager!(m => unsafe { m.init(config, root, HeapTables::IDENTITY, frames) });
+    if let Err(e) = result {
+        panic!("exec manager ({}): {e}", KernelRegime::current().name());
     }
 }
 
 /// Maps the pack at `va` outside the slot allocator (the demo's JIT pack, tests).
 pub fn map_pack(va: u64) -> Result<(), PoolError> {
-    MANAGER.map_pack(va)
+    with_manager!(m => m.map_pack(va))
 }
 
 /// Unmaps a pack mapped with [`map_pack`] and frees its frame.
 pub fn unmap_pack(va: u64) -> Result<(), PoolError> {
-    MANAGER.unmap_pack(va)
+    with_manager!(m => m.unmap_pack(va))
 }
 
 /// The physical address behind exec address `va`, from the pool's own records.
 pub fn exec_pa(va: u64) -> Option<u64> {
-    MANAGER.exec_pa(va)
+    with_manager!(m => m.exec_pa(va))
 }
 
 /// The VAs of the packs that are mapped.
@@ -110,21 +135,19 @@ pub fn live_packs() -> Vec<u64> {
 
 /// The mapped packs with their frames, as the pool records them.
 pub fn pack_frames() -> Vec<PackFrame> {
-    MANAGER.mapped_packs()
+    with_manager!(m => m.mapped_packs())
 }
 
 /// The cache-maintenance plan in force.
 pub fn maintenance_plan() -> &'static MaintenancePlan {
-    MANAGER
-        .maintenance_plan()
-        .expect("exec_pool::init runs at boot")
+    with_manager!(m => m.maintenance_plan()).expect("exec_pool::init runs at boot")
 }
 
-/// Audits the live translation tables (from TTBR0_EL1, what the hardware walks) against the W^X
+/// Audits the live translation tables (from TTBR0_ELx, what the hardware walks) against the W^X
 /// and exec-pool rules. `active_poke` names the fixmap slot of a poke in progress, if the caller is
 /// inside one.
 pub fn audit_with(active_poke: Option<u64>) -> Vec<Violation> {
-    MANAGER.audit_with(active_poke)
+    with_manager!(m => m.audit_with(active_poke))
 }
 
 /// Audits the live tables with no poke in progress.

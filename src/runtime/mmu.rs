@@ -1,6 +1,7 @@
 //! The kernel's address space, built once at boot from the memory map (`runtime::memory`: the device
 //! tree's, placed by `machine::plan`) and the linked image,
-//! then switched on with `SCTLR_EL1.WXN` set.
+//! then switched on with `SCTLR_ELx.WXN` set, in the regime the kernel runs in ([`KernelRegime`]:
+//! EL1&0 at EL1, EL2 or EL2&0 at EL2).
 //!
 //! ```text
 //!  VA (identity for everything but the exec pool)
@@ -31,12 +32,80 @@ use crate::arch::aarch64::{cpu, mmu as hw};
 use crate::layout::{self, Region, Size};
 use crate::machine::Machine;
 use crate::machine::plan::MemoryPlan;
+use crate::mmu::control::RegimeControl;
 use crate::mmu::{AddressSpace, El1And0, Granularity, MapError, NoMaintenance, Role};
+use crate::mmu::{El2, El2And0, Leaf, Regime, TableRoot, Translation};
 use crate::runtime::board;
 use crate::runtime::memory::{self, KernelImage};
 
-/// The live kernel tables. Changes go through [`with_tables`] with [`hw::BroadcastTlb`].
-static TABLES: Mutex<Option<AddressSpace<El1And0>>> = Mutex::new(None);
+/// The translation regime the kernel runs in, from where boot.s left it: EL1 (EL1&0), or EL2
+/// without VHE (EL2) or with it (HCR_EL2.E2H = 1: EL2&0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelRegime {
+    /// EL1&0 (TTBR0_EL1, `TLBI VAAE1IS`).
+    El1,
+    /// EL2 without VHE (TTBR0_EL2, `TLBI VAE2IS`).
+    El2,
+    /// EL2&0 with VHE.
+    El2Vhe,
+}
+
+impl KernelRegime {
+    /// The regime of the code running now.
+    pub fn current() -> Self {
+        if cpu::current_el() == 1 {
+            return Self::El1;
+        }
+        use aarch64_cpu::registers::{HCR_EL2, Readable};
+        if HCR_EL2.get() & (1 << 34) != 0 {
+            Self::El2Vhe
+        } else {
+            Self::El2
+        }
+    }
+
+    /// The regime's name (`EL1&0`, `EL2`, `EL2&0`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::El1 => El1And0::NAME,
+            Self::El2 => El2::NAME,
+            Self::El2Vhe => El2And0::NAME,
+        }
+    }
+
+    /// The exception level the kernel runs at.
+    pub fn el(self) -> u8 {
+        match self {
+            Self::El1 => 1,
+            Self::El2 | Self::El2Vhe => 2,
+        }
+    }
+}
+
+/// The live kernel tables, in the kernel's regime.
+enum KernelTables {
+    El1(AddressSpace<El1And0>),
+    El2(AddressSpace<El2>),
+    El2Vhe(AddressSpace<El2And0>),
+}
+
+/// The live kernel tables. Changes go through the regime's [`hw::BroadcastTlb`].
+static TABLES: Mutex<Option<KernelTables>> = Mutex::new(None);
+
+/// Runs `$body` with `$t` bound to the live tables of whichever regime they are in.
+macro_rules! on_tables {
+    ($t:ident => $body:expr) => {{
+        let mut guard = TABLES.lock();
+        match guard
+            .as_mut()
+            .expect("runtime::mmu::init runs before anything maps")
+        {
+            KernelTables::El1($t) => $body,
+            KernelTables::El2($t) => $body,
+            KernelTables::El2Vhe($t) => $body,
+        }
+    }};
+}
 
 /// What boot mapped, in order, for the layout report.
 static PLAN: Once<Vec<Mapping>> = Once::new();
@@ -184,16 +253,38 @@ fn boot_plan(
     plan
 }
 
-/// Builds the kernel tables and turns the MMU on. Runs once, on CPU 0, with the MMU off, with a plan
-/// that passed [`check_exec_layout`] (`memory::discover` checks it).
+/// Builds the kernel tables and turns the MMU on, in the regime the kernel runs in. Runs once, on
+/// CPU 0, with the MMU off, with a plan that passed [`check_exec_layout`] (`memory::discover`
+/// checks it).
 pub fn init(machine: &Machine, placed: &MemoryPlan) -> Result<(), LayoutError> {
     let image = KernelImage::current();
     let plan = boot_plan(&image, machine, placed);
-    let mut tables =
-        AddressSpace::<El1And0>::new().map_err(|e| LayoutError::Map(placed.heap, e))?;
+    let tables = match KernelRegime::current() {
+        KernelRegime::El1 => KernelTables::El1(build_and_enable(&image, placed, &plan)?),
+        KernelRegime::El2 => KernelTables::El2(build_and_enable(&image, placed, &plan)?),
+        KernelRegime::El2Vhe => KernelTables::El2Vhe(build_and_enable(&image, placed, &plan)?),
+    };
+    // Memory is Normal cacheable now: exclusives work.
+    super::set_locks_ready();
+    *TABLES.lock() = Some(tables);
+    PLAN.call_once(|| {
+        plan.iter()
+            .map(|&(region, role, _)| Mapping { region, role })
+            .collect()
+    });
+    Ok(())
+}
+
+/// The boot map in regime `R`'s tables, then the MMU of `R` on.
+fn build_and_enable<R: RegimeControl>(
+    image: &KernelImage,
+    placed: &MemoryPlan,
+    plan: &[(Region, Role, Granularity)],
+) -> Result<AddressSpace<R>, LayoutError> {
+    let mut tables = AddressSpace::<R>::new().map_err(|e| LayoutError::Map(placed.heap, e))?;
     // The tables are not live yet: no TLB maintenance is needed while building them.
     let mut not_live = NoMaintenance;
-    for &(region, role, granularity) in &plan {
+    for &(region, role, granularity) in plan {
         tables
             .map(
                 region.start,
@@ -210,30 +301,48 @@ pub fn init(machine: &Machine, placed: &MemoryPlan) -> Result<(), LayoutError> {
         placed.heap.start..placed.heap.end(),
     ];
     // SAFETY: the plan identity-maps the whole kernel image (this code, its data, every boot
-    // stack), the heap holding the tables, and the console UART; later changes go through
-    // `with_tables` and BroadcastTlb. The MMU is still off: this is the one call. `written` covers
-    // everything stored to since reset (.data/.bss, stacks, heap).
-    unsafe { hw::enable::<El1And0>(tables.root(), cpu::midr(), &written) }
-        .map_err(LayoutError::Cpu)?;
-    // Memory is Normal cacheable now: exclusives work.
-    super::set_locks_ready();
-    *TABLES.lock() = Some(tables);
-    PLAN.call_once(|| {
-        plan.iter()
-            .map(|&(region, role, _)| Mapping { region, role })
-            .collect()
-    });
-    Ok(())
+    // stack), the heap holding the tables, and the console UART; later changes are made by the
+    // manager with this regime's BroadcastTlb. The MMU is still off: this is the one call.
+    // `written` covers everything stored to since reset (.data/.bss, stacks, heap).
+    unsafe { hw::enable::<R>(tables.root(), cpu::midr(), &written) }.map_err(LayoutError::Cpu)?;
+    Ok(tables)
 }
 
-/// Runs `f` on the live kernel tables, under their lock. Changes must use
-/// [`hw::BroadcastTlb`] for maintenance.
-pub fn with_tables<T>(f: impl FnOnce(&mut AddressSpace<El1And0>) -> T) -> T {
-    let mut guard = TABLES.lock();
-    let tables = guard
-        .as_mut()
-        .expect("runtime::mmu::init runs before anything maps");
-    f(tables)
+/// The root of the live kernel tables and its VA range.
+pub fn root() -> TableRoot {
+    on_tables!(t => t.root())
+}
+
+/// Where `va` translates to in the live kernel tables, or `None` if it faults.
+pub fn translate(va: u64) -> Option<Translation> {
+    on_tables!(t => t.translate(va))
+}
+
+/// The root table the hardware walks (TTBR0_ELx of the kernel's level).
+pub fn hardware_root() -> u64 {
+    match KernelRegime::current() {
+        KernelRegime::El1 => hw::ttbr0::<El1And0>(),
+        KernelRegime::El2 => hw::ttbr0::<El2>(),
+        KernelRegime::El2Vhe => hw::ttbr0::<El2And0>(),
+    }
+}
+
+/// Whether the MMU of the kernel's regime is on.
+pub fn mmu_enabled() -> bool {
+    match KernelRegime::current() {
+        KernelRegime::El1 => hw::is_enabled::<El1And0>(),
+        KernelRegime::El2 => hw::is_enabled::<El2>(),
+        KernelRegime::El2Vhe => hw::is_enabled::<El2And0>(),
+    }
+}
+
+/// Whether SCTLR_ELx.WXN is set in the kernel's regime.
+pub fn wxn_enabled() -> bool {
+    match KernelRegime::current() {
+        KernelRegime::El1 => hw::wxn_enabled::<El1And0>(),
+        KernelRegime::El2 => hw::wxn_enabled::<El2>(),
+        KernelRegime::El2Vhe => hw::wxn_enabled::<El2And0>(),
+    }
 }
 
 /// What boot mapped, with roles (empty before `init`).
@@ -263,53 +372,52 @@ pub struct LiveRun {
 
 /// The live kernel tables, read from TTBR0_EL1 and coalesced into runs.
 pub fn live_runs() -> Vec<LiveRun> {
-    let wxn = hw::wxn_enabled::<El1And0>();
+    let wxn = wxn_enabled();
+    let root = TableRoot {
+        pa: hardware_root(),
+        range: root().range,
+    };
+    on_tables!(t => runs_of(t, root, wxn))
+}
+
+/// The leaves under `root` (the hardware's, walked through the tables' memory), coalesced into
+/// runs.
+fn runs_of<R: Regime>(tables: &AddressSpace<R>, root: TableRoot, wxn: bool) -> Vec<LiveRun> {
     let mut runs: Vec<LiveRun> = Vec::new();
-    with_tables(|t| {
-        let visit = |leaf: &crate::mmu::Leaf<El1And0>| {
-            let name = name_of(leaf.va);
-            // Code and ExecPool have the same bits; the window tells them apart.
-            let role = if memory::plan().exec_pool.contains(leaf.va) {
-                Some(Role::ExecPool)
-            } else {
-                leaf.attrs.role()
-            };
-            let run = LiveRun {
-                va: leaf.va,
-                pa: leaf.pa,
-                size: leaf.size,
-                leaf_size: leaf.size,
-                role,
-                permissions: leaf.permissions(wxn),
-                name,
-            };
-            match runs.last_mut() {
-                Some(last)
-                    if last.va + last.size == run.va
-                        && last.pa + last.size == run.pa
-                        && last.leaf_size == run.leaf_size
-                        && last.role == run.role
-                        && last.permissions == run.permissions
-                        && core::ptr::eq(last.name, run.name) =>
-                {
-                    last.size += run.size;
-                }
-                _ => runs.push(run),
+    let visit = |leaf: &Leaf<R>| {
+        let name = name_of(leaf.va);
+        // Code and ExecPool have the same bits; the window tells them apart.
+        let role = if memory::plan().exec_pool.contains(leaf.va) {
+            Some(Role::ExecPool)
+        } else {
+            leaf.attrs.role()
+        };
+        let run = LiveRun {
+            va: leaf.va,
+            pa: leaf.pa,
+            size: leaf.size,
+            leaf_size: leaf.size,
+            role,
+            permissions: leaf.permissions(wxn),
+            name,
+        };
+        match runs.last_mut() {
+            Some(last)
+                if last.va + last.size == run.va
+                    && last.pa + last.size == run.pa
+                    && last.leaf_size == run.leaf_size
+                    && last.role == run.role
+                    && last.permissions == run.permissions
+                    && core::ptr::eq(last.name, run.name) =>
+            {
+                last.size += run.size;
             }
-        };
-        // SAFETY: TTBR0_EL1 holds the root of the kernel tables; they are identity-mapped, owned
-        // by TABLES (locked here) and never freed while live.
-        unsafe {
-            crate::mmu::walk_root::<El1And0>(
-                crate::mmu::TableRoot {
-                    pa: hw::ttbr0::<El1And0>(),
-                    range: t.va_range(),
-                },
-                t.memory(),
-                visit,
-            )
-        };
-    });
+            _ => runs.push(run),
+        }
+    };
+    // SAFETY: the hardware's root is the root of the kernel tables (called with their lock
+    // held); they are identity-mapped and never freed while live.
+    unsafe { crate::mmu::walk_root::<R>(root, tables.memory(), visit) };
     runs
 }
 
@@ -331,9 +439,12 @@ fn name_of(va: u64) -> &'static str {
 /// windows and holes that have no mapping.
 pub fn print_layout() {
     crate::println!(
-        "address space, from the live tables (TTBR0_EL1 {:#x}, SCTLR_EL1.WXN = {}):",
-        hw::ttbr0::<El1And0>(),
-        u8::from(hw::wxn_enabled::<El1And0>())
+        "address space, from the live tables ({} regime, TTBR0_EL{} {:#x}, SCTLR_EL{}.WXN = {}):",
+        KernelRegime::current().name(),
+        KernelRegime::current().el(),
+        hardware_root(),
+        KernelRegime::current().el(),
+        u8::from(wxn_enabled())
     );
     for run in live_runs() {
         let pa = if run.pa == run.va {

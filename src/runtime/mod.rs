@@ -88,7 +88,10 @@ fn start(x0: u64, entry_el: u8) -> ! {
     // SAFETY: the plan placed the heap in free RAM, apart from the image, the device tree, reserved
     // memory and everything else it placed; this is the only call.
     unsafe { heap::init(plan.heap) };
-    assert_eq!(cpu::current_el(), 1, "boot code must leave us at EL1");
+    assert!(
+        matches!(cpu::current_el(), 1 | 2),
+        "boot code must leave us at EL1 or EL2"
+    );
     let stacks = memory::KernelImage::current().stacks.size;
     let expected = memory::KernelImage::stacks_size();
     assert_eq!(

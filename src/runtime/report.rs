@@ -20,9 +20,10 @@ pub fn print_boot_report() {
         board::DESCRIPTION
     );
     println!(
-        "  entered at EL{}, running at EL{}",
+        "  entered at EL{}, running at EL{} (the {} translation regime)",
         boot.entry_el,
-        cpu::current_el()
+        cpu::current_el(),
+        crate::runtime::mmu::KernelRegime::current().name()
     );
     let midr = cpu::midr();
     println!(

@@ -14,54 +14,54 @@ use core::fmt;
 pub use crate::manager::ExecSlot;
 use crate::pack::{AllocError, SlotInfo, Stats};
 use crate::poke::PokeError;
-use crate::runtime::exec_pool::manager;
+use crate::runtime::exec_pool::with_manager;
 
 /// Allocates `size` bytes of exec memory, 64-byte aligned, filled with BRK.
 pub fn alloc(size: usize) -> Result<ExecSlot, AllocError> {
-    manager().alloc(size)
+    with_manager!(m => m.alloc(size))
 }
 
 /// Allocates with a power-of-two alignment up to 4 KiB (e.g. page-aligned module text).
 pub fn alloc_aligned(size: usize, align: usize) -> Result<ExecSlot, AllocError> {
-    manager().alloc_aligned(size, align)
+    with_manager!(m => m.alloc_aligned(size, align))
 }
 
 /// Writes `code` at `offset` into `slot` through the text poke; nothing past the slot.
 pub fn write(slot: &ExecSlot, offset: usize, code: &[u8]) -> Result<(), PokeError> {
-    manager().write(slot, offset, code)
+    with_manager!(m => m.write(slot, offset, code))
 }
 
 /// Frees a slot: refilled with BRK, chunks released, an empty pack unmapped (one is cached).
 pub fn free(slot: ExecSlot) -> Result<(), AllocError> {
-    manager().free(slot)
+    with_manager!(m => m.free(slot))
 }
 
 /// C-style allocation: the address, or an error.
 pub fn alloc_raw(size: usize) -> Result<*const u8, AllocError> {
-    manager().alloc_raw(size)
+    with_manager!(m => m.alloc_raw(size))
 }
 
 /// C-style free; `size` must be the size the slot was allocated with.
 pub fn free_raw(ptr: *const u8, size: usize) -> Result<(), AllocError> {
-    manager().free_raw(ptr, size)
+    with_manager!(m => m.free_raw(ptr, size))
 }
 
 /// Releases the cached empty pack.
 pub fn trim() -> Result<bool, AllocError> {
-    manager().trim()
+    with_manager!(m => m.trim())
 }
 
 /// The live slot covering `addr`.
 pub fn slot_at(addr: u64) -> Option<SlotInfo> {
-    manager().slot_at(addr)
+    with_manager!(m => m.slot_at(addr))
 }
 
 /// Allocator statistics.
 pub fn stats() -> Stats {
-    manager().stats()
+    with_manager!(m => m.stats())
 }
 
 /// Writes the pack map (one line per mapped pack, one character per 32 KiB).
 pub fn render_pack_map(out: &mut dyn fmt::Write) -> fmt::Result {
-    manager().render_pack_map(out)
+    with_manager!(m => m.render_pack_map(out))
 }

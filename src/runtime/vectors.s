@@ -1,10 +1,12 @@
-// Exception vector table (Arm ARM D1.3.1): 16 entries of 0x80 bytes, the table 2 KiB aligned.
+// Exception vector tables (Arm ARM D1.3.1): 16 entries of 0x80 bytes, each table 2 KiB aligned;
+// one for a kernel running at EL1 (VBAR_EL1) and one for EL2 (VBAR_EL2: the kernel entered at EL2
+// stays there, as a hypervisor does), the same code over each level's registers.
 // Every entry saves the full register state, FP/SIMD included (a handler that resumes the
 // interrupted code, e.g. after an expected fault in a test, must not clobber its live registers),
-// and calls `handle_exception(kind, &mut frame)`. `kind` = 4 * source + type, where source is
-// 0 current EL with SP_EL0, 1 current EL with SP_ELx, 2 lower EL AArch64, 3 lower EL AArch32, and
-// type is 0 synchronous, 1 IRQ, 2 FIQ, 3 SError. The handler may change ELR/SPSR/registers in the
-// frame; they are restored from it.
+// and calls `handle_exception(kind | el << 8, &mut frame)`. `kind` = 4 * source + type, where
+// source is 0 current EL with SP_EL0, 1 current EL with SP_ELx, 2 lower EL AArch64, 3 lower EL
+// AArch32, and type is 0 synchronous, 1 IRQ, 2 FIQ, 3 SError. The handler may change
+// ELR/SPSR/registers in the frame; they are restored from it.
 //
 // Frame layout (must match `ExceptionFrame` in exception.rs): x0..x30 at 0, elr at 248, spsr at 256,
 // fpsr at 264, fpcr at 272, q0..q31 at 288. Size 800 (16-byte aligned).
@@ -12,49 +14,56 @@
 .equ FRAME_SIZE, 800
 .equ FRAME_Q, 288
 
-// Before anything is pushed, `AT S1E1W` checks that the frame's lowest byte is writable: if the
-// stack pointer has run into a guard page (a stack overflow), pushing the frame would fault again,
-// and again, each time further down. Then the entry switches to this CPU's overflow stack instead
-// and reports. x0 is parked in TPIDR_EL1 (unused otherwise) during the check; PAR_EL1 is clobbered.
-.macro VECTOR kind
+// Before anything is pushed, `AT S1E1W` (`AT S1E2W` at EL2) checks that the frame's lowest byte
+// is writable: if the stack pointer has run into a guard page (a stack overflow), pushing the frame
+// would fault again, and again, each time further down. Then the entry switches to this CPU's
+// overflow stack instead and reports. x0 is parked in TPIDR_ELx (unused otherwise) during the
+// check; PAR_EL1 is clobbered.
+.macro VECTOR el, kind
 .balign 0x80
-    msr     tpidr_el1, x0
+    msr     tpidr_el\el, x0
     sub     x0, sp, #FRAME_SIZE
-    at      s1e1w, x0
+    at      s1e\el\()w, x0
     isb
     mrs     x0, par_el1
     tbnz    x0, #0, 1f                      // PAR_EL1.F: the frame would not be writable
-    mrs     x0, tpidr_el1
+    mrs     x0, tpidr_el\el
     sub     sp, sp, #FRAME_SIZE
     stp     x0, x1, [sp, #0]
-    mov     x0, #\kind
-    b       exception_save_and_handle
-1:  mov     x0, #\kind
+    mov     x0, #(\kind | (\el << 8))
+    b       exception_save_and_handle_el\el
+1:  mov     x0, #(\kind | (\el << 8))
     b       exception_stack_overflow
 .endm
 
+.macro EXCEPTION_VECTORS el
 .section .text.vectors, "ax"
 .balign 0x800
-.global exception_vectors
-exception_vectors:
-    VECTOR 0
-    VECTOR 1
-    VECTOR 2
-    VECTOR 3
-    VECTOR 4
-    VECTOR 5
-    VECTOR 6
-    VECTOR 7
-    VECTOR 8
-    VECTOR 9
-    VECTOR 10
-    VECTOR 11
-    VECTOR 12
-    VECTOR 13
-    VECTOR 14
-    VECTOR 15
+.global exception_vectors_el\el
+exception_vectors_el\el:
+    VECTOR \el, 0
+    VECTOR \el, 1
+    VECTOR \el, 2
+    VECTOR \el, 3
+    VECTOR \el, 4
+    VECTOR \el, 5
+    VECTOR \el, 6
+    VECTOR \el, 7
+    VECTOR \el, 8
+    VECTOR \el, 9
+    VECTOR \el, 10
+    VECTOR \el, 11
+    VECTOR \el, 12
+    VECTOR \el, 13
+    VECTOR \el, 14
+    VECTOR \el, 15
 
-// Stack overflow: x0 = vector kind, the interrupted SP still in SP. Never returns.
+exception_save_and_handle_el\el:
+    SAVE_AND_HANDLE \el
+.endm
+
+// Stack overflow: x0 = vector kind | el << 8, the interrupted SP still in SP. Never returns.
+.section .text.vectors, "ax"
 exception_stack_overflow:
     mov     x1, sp                          // x1 = the overflowing SP
     mrs     x2, mpidr_el1
@@ -72,7 +81,9 @@ exception_stack_overflow:
 3:  wfe
     b       3b
 
-exception_save_and_handle:
+// The frame: x0 and x1 are saved by the entry, x0 = kind | el << 8. Restores everything and
+// returns from the exception at level `el`.
+.macro SAVE_AND_HANDLE el
     stp     x2, x3, [sp, #16]
     stp     x4, x5, [sp, #32]
     stp     x6, x7, [sp, #48]
@@ -87,9 +98,9 @@ exception_save_and_handle:
     stp     x24, x25, [sp, #192]
     stp     x26, x27, [sp, #208]
     stp     x28, x29, [sp, #224]
-    mrs     x2, elr_el1
+    mrs     x2, elr_el\el
     stp     x30, x2, [sp, #240]
-    mrs     x2, spsr_el1
+    mrs     x2, spsr_el\el
     mrs     x3, fpsr
     stp     x2, x3, [sp, #256]
     mrs     x2, fpcr
@@ -135,10 +146,10 @@ exception_save_and_handle:
     ldr     x2, [sp, #272]
     msr     fpcr, x2
     ldp     x2, x3, [sp, #256]
-    msr     spsr_el1, x2
+    msr     spsr_el\el, x2
     msr     fpsr, x3
     ldp     x30, x2, [sp, #240]
-    msr     elr_el1, x2
+    msr     elr_el\el, x2
     ldp     x28, x29, [sp, #224]
     ldp     x26, x27, [sp, #208]
     ldp     x24, x25, [sp, #192]
@@ -156,3 +167,7 @@ exception_save_and_handle:
     ldp     x0, x1, [sp, #0]
     add     sp, sp, #FRAME_SIZE
     eret
+.endm
+
+EXCEPTION_VECTORS 1
+EXCEPTION_VECTORS 2

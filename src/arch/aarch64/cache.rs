@@ -12,8 +12,9 @@
 //! line sizes (the smallest over all CPUs), come from the portable [`MaintenancePlan`].
 //!
 //! One pass over the whole written range, never one per instruction. The pass is a single
-//! non-inlined function with a stable symbol, `execmem_sync_code_range`, so a test can disassemble
-//! the release image and check the order of the instructions.
+//! non-inlined function, so a test can find it in the release image (`sync_code_range` in its
+//! symbol name) and check the order of the instructions. It exports no symbol of its own: a
+//! kernel that embeds execmem gets no unmangled name from it.
 
 use core::arch::asm;
 
@@ -25,8 +26,7 @@ use crate::poke::cache::{Clean, MaintenancePlan};
 /// read permission, and the data cache is physically indexed, so cleaning through the exec VA
 /// reaches the lines written through the text-poke alias.
 #[inline(never)]
-#[unsafe(export_name = "execmem_sync_code_range")]
-pub extern "C" fn sync_code_range(plan: &MaintenancePlan, start: u64, end: u64) {
+pub fn sync_code_range(plan: &MaintenancePlan, start: u64, end: u64) {
     if start >= end {
         return;
     }

@@ -153,6 +153,14 @@ pub fn wxn_enabled<R: RegimeControl>() -> bool {
     read_sctlr::<R>() & SCTLR_WXN != 0
 }
 
+/// Regime `R`'s MAIR_ELx: which memory type each AttrIndx of its descriptors means.
+pub fn mair<R: RegimeControl>() -> u64 {
+    match R::REGISTERS {
+        ControlRegisters::El1 => MAIR_EL1.get(),
+        ControlRegisters::El2 => MAIR_EL2.get(),
+    }
+}
+
 /// The root table regime `R`'s hardware walks for the lower range (TTBR0_ELx.BADDR).
 pub fn ttbr0<R: RegimeControl>() -> u64 {
     match R::REGISTERS {
