@@ -11,19 +11,19 @@ use core::fmt;
 pub struct Midr(pub u64);
 
 impl Midr {
-    /// Implementer code, bits [31:24] (0x41 = Arm Ltd).
+    /// Implementer code, bits \[31:24\] (0x41 = Arm Ltd).
     pub const fn implementer(self) -> u8 {
         (self.0 >> 24) as u8
     }
-    /// Primary part number, bits [15:4].
+    /// Primary part number, bits \[15:4\].
     pub const fn part(self) -> u16 {
         ((self.0 >> 4) & 0xfff) as u16
     }
-    /// Variant, bits [23:20] (the `r` of `rNpM`).
+    /// Variant, bits \[23:20\] (the `r` of `rNpM`).
     pub const fn variant(self) -> u8 {
         ((self.0 >> 20) & 0xf) as u8
     }
-    /// Revision, bits [3:0] (the `p` of `rNpM`).
+    /// Revision, bits \[3:0\] (the `p` of `rNpM`).
     pub const fn revision(self) -> u8 {
         (self.0 & 0xf) as u8
     }
@@ -83,9 +83,9 @@ impl fmt::Display for Midr {
 /// CTR_EL0 decoded: what cache maintenance written code needs (Arm ARM D23.2 "CTR_EL0", B2.4.4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheType {
-    /// Smallest instruction-cache line in bytes (IminLine, bits [3:0], log2 of words).
+    /// Smallest instruction-cache line in bytes (IminLine, bits \[3:0\], log2 of words).
     pub i_line: usize,
-    /// Smallest data-cache line in bytes (DminLine, bits [19:16], log2 of words).
+    /// Smallest data-cache line in bytes (DminLine, bits \[19:16\], log2 of words).
     pub d_line: usize,
     /// IDC, bit 28: data-cache clean to the point of unification is not required for
     /// instruction-to-data coherence.

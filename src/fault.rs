@@ -7,7 +7,7 @@
 
 use core::fmt;
 
-/// The exception class, ESR_ELx.EC (bits [31:26]), for the classes this kernel can meet.
+/// The exception class, ESR_ELx.EC (bits \[31:26\]), for the classes this kernel can meet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExceptionClass {
     /// EC 0x00: unknown reason, in practice an undefined or unallocated instruction.
@@ -98,7 +98,7 @@ impl ExceptionClass {
     }
 }
 
-/// The fault status code of an instruction or data abort (ISS.xFSC, bits [5:0]).
+/// The fault status code of an instruction or data abort (ISS.xFSC, bits \[5:0\]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultStatus {
     /// Address size fault at the given level.
@@ -177,15 +177,15 @@ pub enum Access {
 /// interrupt). Without FEAT_RAS the ISS is 0 or implementation defined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SErrorSyndrome {
-    /// ISS.IDS = 1: an implementation-defined syndrome (ISS bits [23:0]).
+    /// ISS.IDS = 1: an implementation-defined syndrome (ISS bits \[23:0\]).
     ImplementationDefined(u32),
     /// The architected syndrome.
     Architected {
-        /// ISS.AET [12:10]: how bad the error is, where DFSC says "asynchronous SError".
+        /// ISS.AET \[12:10\]: how bad the error is, where DFSC says "asynchronous SError".
         severity: Option<&'static str>,
-        /// ISS.DFSC [5:0]: 0x00 uncategorized, 0x11 asynchronous SError interrupt.
+        /// ISS.DFSC \[5:0\]: 0x00 uncategorized, 0x11 asynchronous SError interrupt.
         dfsc: u8,
-        /// ISS.EA [9]: external abort type (implementation defined).
+        /// ISS.EA \[9\]: external abort type (implementation defined).
         external_abort_type: bool,
     },
 }
@@ -304,7 +304,7 @@ impl FaultReport {
         }
     }
 
-    /// For BRK, SVC, HVC and SMC: the 16-bit immediate (ISS bits [15:0]).
+    /// For BRK, SVC, HVC and SMC: the 16-bit immediate (ISS bits \[15:0\]).
     pub const fn immediate(&self) -> Option<u16> {
         match self.class() {
             ExceptionClass::Brk

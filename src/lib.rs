@@ -12,7 +12,7 @@
 //!   kernel's regions go in it), [`mmu`] (descriptors, tables, audit), [`poke`] (instruction encoding, CMODX
 //!   rules, cache-maintenance plans), [`pack`] (the slot allocator);
 //! - `arch::aarch64`: system registers, TLB and cache instructions (every AArch64 target);
-//! - [`runtime`]: the demo kernel that hosts the manager (boot code, vectors, console, heap, panic
+//! - `runtime`: the demo kernel that hosts the manager (boot code, vectors, console, heap, panic
 //!   handler, global allocator, board glue). Only with the `runtime` feature on `target_os = "none"`:
 //!   a kernel that depends on execmem without it gets no symbol, lang item or link argument of it.
 

@@ -40,7 +40,7 @@ pub enum EnableMethod {
 /// One CPU of `/cpus`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cpu {
-    /// Its MPIDR affinity value (the `reg` property: Aff3 in bits [39:32], Aff2..Aff0 in [23:0]).
+    /// Its MPIDR affinity value (the `reg` property: Aff3 in bits \[39:32\], Aff2..Aff0 in \[23:0\]).
     pub mpidr: u64,
     /// How it is started.
     pub enable: EnableMethod,

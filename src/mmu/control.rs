@@ -118,7 +118,7 @@ impl RegimeControl for El2 {
     /// Bits 4, 5, 11, 16, 18, 22, 23, 28, 29 (Linux `SCTLR_EL2_RES1`).
     const SCTLR_RES1: u64 = 0x30c5_0830;
 
-    /// TCR_EL2 without VHE: RES1 bits 31 and 23, T0SZ [5:0], walk attributes, PS [18:16].
+    /// TCR_EL2 without VHE: RES1 bits 31 and 23, T0SZ \[5:0\], walk attributes, PS \[18:16\].
     fn tcr(range: VaRange, pa_range: u8) -> Option<u64> {
         if range.is_upper() {
             return None;

@@ -1,6 +1,6 @@
 //! Entry point `_start` (boot.s): stays at EL2 when entered there (with VHE where the CPU has it),
 //! else drops from EL3 to EL1 (or starts at EL1); enables FP/SIMD, installs the vectors of its
-//! level, parks secondary CPUs, zeroes .bss and calls [`kernel_entry`](crate::runtime::start).
+//! level, parks secondary CPUs, zeroes .bss and calls `kernel_entry` (`runtime::start`).
 
 /// CPUs the boot code has a stack for; any others stay parked.
 pub const MAX_CPUS: usize = 4;

@@ -1,5 +1,5 @@
 //! Exception entry: the vector tables (vectors.s, one for EL1 and one for EL2) save an
-//! [`ExceptionFrame`] and call [`handle_exception`], which reads the syndrome registers of the
+//! [`ExceptionFrame`] and call `handle_exception`, which reads the syndrome registers of the
 //! level the exception was taken to and hands a decoded [`FaultReport`] to the kernel's policy
 //! (`runtime::fault`). ESR_EL2 has ESR_EL1's layout for exceptions taken from the current level.
 

@@ -2,7 +2,7 @@
 //! exceptions, panic, and how a run ends.
 //!
 //! A kernel binary (the demo, each QEMU test, the benchmark) links this library and names its main
-//! function with [`entry!`](crate::entry); `_start` (runtime/boot.s) reaches [`start`], which
+//! function with [`entry!`](crate::entry); `_start` (runtime/boot.s) reaches `start`, which
 //! brings the machine up and calls it.
 
 pub mod bench;

@@ -21,8 +21,8 @@ use core::ptr::addr_of_mut;
 
 use aarch64_cpu::asm::barrier;
 use aarch64_cpu::registers::{
-    ESR_EL2, FAR_EL2, ELR_EL2, ID_AA64MMFR0_EL1, MAIR_EL2, Readable, SCTLR_EL2, TCR_EL2,
-    TTBR0_EL2, Writeable,
+    ELR_EL2, ESR_EL2, FAR_EL2, ID_AA64MMFR0_EL1, MAIR_EL2, Readable, SCTLR_EL2, TCR_EL2, TTBR0_EL2,
+    Writeable,
 };
 use buddy_system_allocator::LockedHeap;
 use execmem::arch::aarch64::cpu;
@@ -246,7 +246,9 @@ unsafe fn build_tables_and_enable_mmu() -> u64 {
     MAIR_EL2.set(MAIR_EL1_VALUE); // execmem's descriptors use its attribute indices
     let pa_range = ID_AA64MMFR0_EL1.read(ID_AA64MMFR0_EL1::PARange).min(0b101);
     // T0SZ 16 (48 bits), IRGN0/ORGN0 write-back, SH0 inner, TG0 4 KiB, PS, RES1 bits 31 and 23.
-    TCR_EL2.set(16 | (0b01 << 8) | (0b01 << 10) | (0b11 << 12) | (pa_range << 16) | (1 << 31) | (1 << 23));
+    TCR_EL2.set(
+        16 | (0b01 << 8) | (0b01 << 10) | (0b11 << 12) | (pa_range << 16) | (1 << 31) | (1 << 23),
+    );
     TTBR0_EL2.set(pa(l0));
     barrier::isb(barrier::SY);
     // SAFETY: drops this CPU's EL2 TLB entries and I-cache before the first translation.
@@ -359,11 +361,18 @@ fn check(what: &str, ok: bool) {
 
 #[unsafe(no_mangle)]
 extern "C" fn hyp_main() -> ! {
-    say!("hypervisor: at EL{}, execmem as a library (no runtime feature)", cpu::current_el());
+    say!(
+        "hypervisor: at EL{}, execmem as a library (no runtime feature)",
+        cpu::current_el()
+    );
     // SAFETY: once, at boot, MMU off.
     let root = unsafe { build_tables_and_enable_mmu() };
     // SAFETY: HEAP is identity-mapped RW RAM that nothing else uses.
-    unsafe { ALLOCATOR.lock().init(HEAP.start as usize, (HEAP.end - HEAP.start) as usize) };
+    unsafe {
+        ALLOCATOR
+            .lock()
+            .init(HEAP.start as usize, (HEAP.end - HEAP.start) as usize)
+    };
     say!("hypervisor: own tables at {root:#x} (TTBR0_EL2, 48-bit VA), MMU on with WXN");
 
     let config = Config {
@@ -425,19 +434,29 @@ extern "C" fn hyp_main() -> ! {
     EXEC.write(&tracer, 0, &code.as_bytes()).expect("write");
 
     for pack in EXEC.mapped_packs() {
-        say!("hypervisor: JIT into 4 slots of pack {:#x} (frame {:#x})", pack.va, pack.pa);
+        say!(
+            "hypervisor: JIT into 4 slots of pack {:#x} (frame {:#x})",
+            pack.va,
+            pack.pa
+        );
     }
     check("answer() = 42", call(answer.addr()) == 42);
     check("tail call: triple(14) = 42", call(tail.addr()) == 42);
     check("traced() = 1", call(traced.addr()) == 1);
     let branch = insn::b(traced.addr(), tracer.addr()).expect("in range");
-    EXEC.patch_insn(traced.addr(), insn::nop(), branch).expect("CMODX patch");
-    check("patched live (NOP -> B): traced() = 1000", call(traced.addr()) == 1000);
-    EXEC.patch_insn(traced.addr(), branch, insn::nop()).expect("unpatch");
+    EXEC.patch_insn(traced.addr(), insn::nop(), branch)
+        .expect("CMODX patch");
+    check(
+        "patched live (NOP -> B): traced() = 1000",
+        call(traced.addr()) == 1000,
+    );
+    EXEC.patch_insn(traced.addr(), branch, insn::nop())
+        .expect("unpatch");
     check("unpatched: traced() = 1", call(traced.addr()) == 1);
     check(
         "a write past the slot is refused",
-        EXEC.write(&answer, 4, &[0; 8]).is_err() && EXEC.write(&answer, usize::MAX, &[0; 4]).is_err(),
+        EXEC.write(&answer, 4, &[0; 8]).is_err()
+            && EXEC.write(&answer, usize::MAX, &[0; 4]).is_err(),
     );
     check(
         "slot_at finds the slot of an address inside it",
@@ -448,7 +467,10 @@ extern "C" fn hyp_main() -> ! {
     for v in &audit {
         say!("  found: {v}");
     }
-    check("audit of this kernel's tables: 0 violations", audit.is_empty());
+    check(
+        "audit of this kernel's tables: 0 violations",
+        audit.is_empty(),
+    );
 
     // Plant a writable alias of the pack's frame in this kernel's own tables.
     let pack = EXEC.mapped_packs()[0];
@@ -464,7 +486,9 @@ extern "C" fn hyp_main() -> ! {
     }
     check(
         "planted RW alias of an exec frame is reported",
-        audit.len() == 1 && audit[0].va == PLANT_VA && audit[0].rule == Rule::WritableAliasOfExecMemory,
+        audit.len() == 1
+            && audit[0].va == PLANT_VA
+            && audit[0].rule == Rule::WritableAliasOfExecMemory,
     );
     // SAFETY: removing our own planted entry: write invalid, then the EL2 broadcast invalidation.
     unsafe {
@@ -478,8 +502,14 @@ extern "C" fn hyp_main() -> ! {
     }
     let stats = EXEC.stats();
     check("all freed", stats.live_slots == 0 && stats.bytes_live == 0);
-    check("trim releases the cached pack", EXEC.trim() == Ok(true) && EXEC.mapped_packs().is_empty());
+    check(
+        "trim releases the cached pack",
+        EXEC.trim() == Ok(true) && EXEC.mapped_packs().is_empty(),
+    );
     check("audit after freeing: clean", EXEC.audit().is_empty());
-    say!("hypervisor: {} poke alias mappings, all removed; done", EXEC.alias_maps());
+    say!(
+        "hypervisor: {} poke alias mappings, all removed; done",
+        EXEC.alias_maps()
+    );
     exit(true)
 }
