@@ -62,6 +62,13 @@ impl Midr {
     pub const fn needs_clean_invalidate_for_code(self) -> bool {
         self.implementer() == 0x41 && self.part() == 0xd03
     }
+
+    /// Cores on which a broadcast `TLBI; DSB` can complete before earlier writes are observed
+    /// (Cortex-A76 #1286807, Cortex-A55 #2441007, Cortex-A510 #2441009; CVE-2025-10263): Linux
+    /// issues the pair twice (`ARM64_WORKAROUND_REPEAT_TLBI`).
+    pub const fn needs_repeat_tlbi(self) -> bool {
+        self.implementer() == 0x41 && matches!(self.part(), 0xd0b | 0xd05 | 0xd46)
+    }
 }
 
 impl fmt::Display for Midr {

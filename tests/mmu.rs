@@ -75,9 +75,18 @@ fn expect_fetch_fault(addr: u64) -> FaultReport {
     report
 }
 
+/// The MMU of the level the kernel runs at is on, with SCTLR_ELx.WXN, and walks the tables the
+/// manager maps into and audits (TTBR0_EL1 or TTBR0_EL2).
 fn mmu_is_on_with_wxn() {
     assert!(mmu::mmu_enabled());
     assert!(mmu::wxn_enabled());
+    assert_eq!(mmu::hardware_root(), mmu::root().pa);
+    println!(
+        "  {} regime: TTBR0_EL{} = {:#x}, WXN on",
+        mmu::KernelRegime::current().name(),
+        mmu::KernelRegime::current().el(),
+        mmu::hardware_root()
+    );
 }
 
 fn audit_is_clean_after_boot() {

@@ -86,6 +86,8 @@ fn maintenance_plan_matches_the_cpu() {
     };
     assert_eq!(plan.clean, expected_clean);
     assert_eq!(plan.invalidate_icache, !cache.dic);
+    // Cortex-A76/A55/A510: every broadcast TLBI is issued twice (CVE-2025-10263).
+    assert_eq!(plan.repeat_tlbi, midr.needs_repeat_tlbi());
 }
 
 fn jit_a_function_and_call_it() {

@@ -13,6 +13,7 @@ use alloc::vec::Vec;
 use execmem::bench::workload::{Rng, bpf_size};
 use execmem::fault::ExceptionClass;
 use execmem::pack::AllocError;
+use execmem::poke::PokeError;
 use execmem::poke::insn::{self, CodeBuf, W0};
 use execmem::runtime::fault::{Resume, catch};
 use execmem::runtime::slot::{self, ExecSlot};
@@ -31,6 +32,8 @@ fn main() {
             large_slot_spans_packs,
             bad_frees_are_refused_with_nothing_changed,
             exhaustion_is_an_error_and_the_kernel_continues,
+            bad_writes_and_lookups_change_nothing,
+            trim_releases_the_cached_pack,
             audit_is_clean_at_the_end,
         ],
     );
@@ -235,6 +238,64 @@ fn exhaustion_is_an_error_and_the_kernel_continues() {
     }
     let slot = slot::alloc(64).expect("allocation works again");
     slot::free(slot).expect("free");
+}
+
+/// A write at an offset that wraps the address space, a handle rebuilt with a wrong size, a freed
+/// handle: typed errors, nothing written. `slot_at` finds the slot of an interior address and
+/// nothing elsewhere. The allocator's own packs cannot be unmapped from outside it.
+fn bad_writes_and_lookups_change_nothing() {
+    let slot = slot::alloc(256).expect("alloc");
+    install(&slot, 77);
+    assert!(matches!(
+        slot::write(&slot, usize::MAX, &[0; 4]),
+        Err(PokeError::OffsetOutside { .. })
+    ));
+    assert!(matches!(
+        slot::write(&slot, 256, &[0; 4]),
+        Err(PokeError::OffsetOutside { .. })
+    ));
+    let forged = ExecSlot::from_raw(slot.as_ptr(), usize::MAX);
+    assert!(matches!(
+        slot::write(&forged, 0, &[0; 4]),
+        Err(PokeError::NotALiveSlot { .. })
+    ));
+    let _ = forged.into_raw();
+    assert_eq!(call(slot.addr()), 77, "nothing was written");
+    let info = slot::slot_at(slot.addr() + 100).expect("inside the slot");
+    assert_eq!((info.addr, info.size), (slot.addr(), 256));
+    assert_eq!(slot::slot_at(memory::plan().exec_pool.start - 4), None);
+    let pack = slot.addr() - slot.addr() % (2 << 20);
+    assert_eq!(
+        exec_pool::unmap_pack(pack),
+        Err(exec_pool::PoolError::OwnedByAllocator(pack))
+    );
+    assert_eq!(call(slot.addr()), 77, "the pack is still mapped");
+    let (ptr, size) = slot.into_raw();
+    slot::free_raw(ptr, size).expect("free");
+    let freed = ExecSlot::from_raw(ptr, size);
+    assert!(matches!(
+        slot::write(&freed, 0, &[0; 4]),
+        Err(PokeError::NotALiveSlot { .. })
+    ));
+    let _ = freed.into_raw();
+    assert_eq!(slot::slot_at(ptr as u64), None);
+    assert_audit_clean();
+}
+
+/// The cached empty pack goes back with `trim`; the next allocation maps a pack again.
+fn trim_releases_the_cached_pack() {
+    let slot = slot::alloc(64).expect("alloc");
+    slot::free(slot).expect("free");
+    assert_eq!(slot::stats().cached_packs, 1);
+    assert_eq!(slot::trim(), Ok(true));
+    assert_eq!(slot::stats().packs_mapped, 0);
+    assert!(exec_pool::live_packs().is_empty());
+    assert_eq!(slot::trim(), Ok(false));
+    let slot = slot::alloc(64).expect("maps a pack again");
+    install(&slot, 5);
+    assert_eq!(call(slot.addr()), 5);
+    slot::free(slot).expect("free");
+    assert_audit_clean();
 }
 
 fn audit_is_clean_at_the_end() {

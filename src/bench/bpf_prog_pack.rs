@@ -144,7 +144,9 @@ impl<B: PackBackend> BpfProgPack<B> {
                 given: size,
             });
         }
-        self.backend.fill_brk(addr, size);
+        self.backend
+            .fill_brk(addr, size)
+            .map_err(AllocError::RefillFailed)?;
         bitmap_clear(&mut pack.bitmap[..], pos, nbits);
         self.bytes_live -= size as u64;
         if bitmap_find_next_zero_area(&pack.bitmap[..], CHUNK_COUNT, 0, CHUNK_COUNT, 0) == 0 {

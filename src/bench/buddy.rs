@@ -124,10 +124,12 @@ impl<B: PackBackend> SlotAllocator for BuddySlots<B> {
             }
             Some(_) => {}
         }
-        self.sizes.remove(&addr);
         let chunks = size.div_ceil(CHUNK_SIZE);
         let start = ((addr - self.base) / CHUNK_SIZE as u64) as usize;
-        self.backend.fill_brk(addr, chunks * CHUNK_SIZE);
+        self.backend
+            .fill_brk(addr, chunks * CHUNK_SIZE)
+            .map_err(AllocError::RefillFailed)?;
+        self.sizes.remove(&addr);
         self.frames.dealloc(start, chunks);
         let (first, count) = Self::packs_of(start, chunks.next_power_of_two());
         for pack in first..first + count {

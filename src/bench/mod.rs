@@ -87,7 +87,9 @@ impl PackBackend for NullBackend {
 
     fn unmap_packs(&mut self, _va: u64, _count: usize) {}
 
-    fn fill_brk(&mut self, _va: u64, _len: usize) {}
+    fn fill_brk(&mut self, _va: u64, _len: usize) -> Result<(), BackendError> {
+        Ok(())
+    }
 }
 
 /// A slot "allocator" that only counts: hands out increasing addresses and accepts every free.

@@ -89,7 +89,9 @@ pub trait Platform: Sized + 'static {
     /// 2 MiB frames for packs.
     type Frames: PackFrames + Send;
 
-    /// This CPU's index, below [`Config::cpus`]. Called with interrupts masked.
+    /// This CPU's index, below [`Config::cpus`]. The poke path reads it with interrupts masked
+    /// for each page it writes (so a kernel that migrates work between CPUs between pages uses
+    /// each CPU's own slot), and once before, unmasked, to refuse a CPU with no slot.
     fn cpu_index() -> usize;
 
     /// Runs `change` while every other CPU that may execute exec memory waits, and makes each of
@@ -124,12 +126,15 @@ pub struct Config {
     pub fixmap: Region,
     /// CPUs that may poke (1 to [`MAX_CPUS`]).
     pub cpus: usize,
-    /// The cache maintenance for code written to exec memory: from every CPU's CTR_EL0 and MIDR
-    /// ([`MaintenancePlan::for_cpus`]: the smallest lines, the errata of any core).
+    /// The cache and TLB maintenance for code written to exec memory: from every CPU's CTR_EL0
+    /// and MIDR ([`MaintenancePlan::for_cpus`]: the smallest lines, the errata of any core,
+    /// including the repeated TLBI, which `init` turns on for every broadcast invalidation).
     pub maintenance: MaintenancePlan,
 }
 
-/// Why [`ExecManager::init`] refused. Nothing was changed.
+/// Why [`ExecManager::init`] refused. The manager is not set up and owns nothing; the kernel's
+/// tables are as they were, except that a window whose preparation succeeded before a later one
+/// failed may have gained tables below it, all of whose entries are invalid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InitError {
     /// `init` already ran.
@@ -304,6 +309,12 @@ impl<P: Platform> ExecManager<P> {
         // whose windows nobody else writes.
         let mut space = unsafe { AddressSpace::adopt(root.pa, root.range, tables) }
             .map_err(|e| InitError::Map(config.pool, e))?;
+        let packs = (config.pool.size / PACK_SIZE as u64) as usize;
+        let allocator = PackAllocator::new(Backend { manager: self }, config.pool.start, packs)
+            .map_err(|_| InitError::PoolTooLarge(config.pool))?;
+        if config.maintenance.repeat_tlbi {
+            crate::arch::aarch64::mmu::repeat_tlbi();
+        }
         let mut tlb = BroadcastTlb::<P::Regime>::new();
         let fill = pool::fill_block(&config);
         let slots = Region::new(
@@ -327,11 +338,9 @@ impl<P: Platform> ExecManager<P> {
                 .ok_or(InitError::Map(slots, MapError::NotMapped { va: slot }))?;
             entry.store(found.as_ptr(), core::sync::atomic::Ordering::Release);
         }
+        // Nothing is stored until every step that can fail has succeeded.
         *self.tables.lock() = Some(space);
         *self.pool.write() = Some(Pool::new(frames, config.pool));
-        let packs = (config.pool.size / PACK_SIZE as u64) as usize;
-        let allocator = PackAllocator::new(Backend { manager: self }, config.pool.start, packs)
-            .map_err(|_| InitError::PoolTooLarge(config.pool))?;
         self.allocator.call_once(|| Mutex::new(allocator));
         self.config.call_once(|| config);
         Ok(())
@@ -419,9 +428,21 @@ impl<P: Platform> ExecManager<P> {
         }
     }
 
-    /// Writes `code` at `offset` into `slot` through the text poke; refuses anything that would
-    /// run past the slot (an offset too large for the address space included).
+    /// Writes `code` at `offset` into `slot` through the text poke; refuses a handle that is not
+    /// a live slot of exactly its size (one rebuilt by [`ExecSlot::from_raw`] with a wrong pair),
+    /// and anything that would run past the slot (an offset too large for the address space
+    /// included).
     pub fn write(&self, slot: &ExecSlot, offset: usize, code: &[u8]) -> Result<(), PokeError> {
+        let live = SlotInfo {
+            addr: slot.addr(),
+            size: slot.size(),
+        };
+        if self.slot_at(slot.addr()) != Some(live) {
+            return Err(PokeError::NotALiveSlot {
+                addr: live.addr,
+                size: live.size,
+            });
+        }
         let region = slot.region();
         let dst = crate::poke::offset_in(region, offset)?;
         self.text_copy_within(region, dst, code)
@@ -452,7 +473,7 @@ impl<P: Platform> ExecManager<P> {
         let mut queue = self.released.lock();
         for va in queue.drain() {
             // The allocator released exactly this pack; it is mapped until now.
-            let _ = self.unmap_pack(va);
+            let _ = self.unmap_pack_for(va, false);
         }
     }
 }
@@ -497,10 +518,10 @@ impl<P: Platform> PackBackend for Backend<P> {
         manager.unmap_released_packs();
         for i in 0..count {
             let pack = va + (i * PACK_SIZE) as u64;
-            if let Err(e) = manager.map_pack(pack) {
+            if let Err(e) = manager.map_pack_for(pack, false) {
                 // Undo the packs mapped so far: a failed request changes nothing.
                 for j in 0..i {
-                    let _ = manager.unmap_pack(va + (j * PACK_SIZE) as u64);
+                    let _ = manager.unmap_pack_for(va + (j * PACK_SIZE) as u64, false);
                 }
                 return Err(match e {
                     pool::PoolError::OutOfFrames => BackendError::OutOfFrames,
@@ -520,11 +541,11 @@ impl<P: Platform> PackBackend for Backend<P> {
         }
     }
 
-    fn fill_brk(&mut self, va: u64, len: usize) {
+    fn fill_brk(&mut self, va: u64, len: usize) -> Result<(), BackendError> {
         // The allocator passes whole chunks of a slot it owns, inside a mapped pack.
         let brk = crate::poke::insn::brk(0);
-        let _ = self
-            .manager
-            .text_set(va, brk, len / crate::poke::insn::INSN_BYTES);
+        self.manager
+            .text_set(va, brk, len / crate::poke::insn::INSN_BYTES)
+            .map_err(|_| BackendError::Refill)
     }
 }

@@ -58,7 +58,7 @@ impl<P: Platform> ExecManager<P> {
     ) -> Result<(), PokeError> {
         poke::check_range(dst, src.len(), region)?;
         let records = self.pool.read();
-        exec_pa(&records, dst).ok_or(PokeError::NotExecMemory { addr: dst })?;
+        check_mapped(&records, dst, src.len())?;
         self.write_through_alias(&records, dst, src.len(), |alias, offset, len| {
             // SAFETY: `alias` is this CPU's RW mapping of the page behind dst + offset, `len`
             // bytes fit in it (the writer cuts at page boundaries), and `src` is ordinary memory.
@@ -88,7 +88,7 @@ impl<P: Platform> ExecManager<P> {
         })?;
         poke::check_range(dst, len, region)?;
         let records = self.pool.read();
-        exec_pa(&records, dst).ok_or(PokeError::NotExecMemory { addr: dst })?;
+        check_mapped(&records, dst, len)?;
         self.write_through_alias(&records, dst, len, |alias, _, len| {
             let words = alias.cast::<u32>();
             for i in 0..len / INSN_BYTES {
@@ -252,6 +252,24 @@ impl<P: Platform> ExecManager<P> {
             offset += in_page;
         }
     }
+}
+
+/// Refuses `[dst, dst + len)` (already checked against its region, so it does not wrap) unless
+/// every pack it touches is mapped in the held `records`: a region the caller built may span packs
+/// (a large slot) or reach past the pool, and nothing is written unless all of it is exec memory.
+fn check_mapped<F: super::PackFrames>(
+    records: &Records<'_, F>,
+    dst: u64,
+    len: usize,
+) -> Result<(), PokeError> {
+    let end = dst.saturating_add(len as u64);
+    let mut at = dst;
+    while at < end {
+        exec_pa(records, at).ok_or(PokeError::NotExecMemory { addr: at })?;
+        // The next pack (the pool window is 2 MiB aligned).
+        at = (at | (BLOCK_SIZE_2M - 1)).saturating_add(1);
+    }
+    Ok(())
 }
 
 /// The instruction at `addr`, which must be aligned and in a pack the held `records` show mapped.

@@ -31,6 +31,9 @@ pub enum PoolError {
     AlreadyMapped(u64),
     /// The pack is not mapped.
     NotMapped(u64),
+    /// The pack belongs to the slot allocator (it was not mapped with `map_pack`): unmapping it
+    /// would pull exec memory from under live slots.
+    OwnedByAllocator(u64),
     /// The manager is not set up.
     Uninitialised,
     /// The translation tables refused.
@@ -45,6 +48,12 @@ impl fmt::Display for PoolError {
             Self::NotAPack(va) => write!(f, "{va:#x} is not a pack address in the exec pool"),
             Self::AlreadyMapped(va) => write!(f, "pack {va:#x} is already mapped"),
             Self::NotMapped(va) => write!(f, "pack {va:#x} is not mapped"),
+            Self::OwnedByAllocator(va) => {
+                write!(
+                    f,
+                    "pack {va:#x} belongs to the slot allocator, not to map_pack"
+                )
+            }
             Self::Uninitialised => f.write_str("the exec manager is not set up"),
             Self::Map(e) => write!(f, "translation tables: {e}"),
         }
@@ -56,6 +65,8 @@ pub(super) struct Pool<F> {
     frames: F,
     /// The frame behind each pack of the window, by pack index.
     packs: [Option<u64>; MAX_PACKS],
+    /// The packs mapped with the public `map_pack` (outside the allocator), one bit each.
+    direct: u64,
     /// The pool's VA window.
     window: Region,
 }
@@ -65,6 +76,7 @@ impl<F: PackFrames> Pool<F> {
         Self {
             frames,
             packs: [None; MAX_PACKS],
+            direct: 0,
             window,
         }
     }
@@ -151,6 +163,18 @@ impl<P: Platform> ExecManager<P> {
     /// block. The slot allocator maps its packs this way; called directly, it maps a whole pack
     /// outside the allocator (for tools and tests), which the allocator then finds taken.
     pub fn map_pack(&self, va: u64) -> Result<(), PoolError> {
+        self.map_pack_for(va, true)
+    }
+
+    /// Unmaps the pack at `va` (break-before-make: invalid entry, broadcast TLBI) and gives its
+    /// frame back. Only for packs mapped with [`ExecManager::map_pack`]: the allocator's own packs
+    /// are refused ([`PoolError::OwnedByAllocator`]).
+    pub fn unmap_pack(&self, va: u64) -> Result<(), PoolError> {
+        self.unmap_pack_for(va, true)
+    }
+
+    /// Maps a pack, for the allocator (`direct` false) or for [`ExecManager::map_pack`].
+    pub(super) fn map_pack_for(&self, va: u64, direct: bool) -> Result<(), PoolError> {
         let config = self.config.get().ok_or(PoolError::Uninitialised)?;
         let mut guard = self.pool.write();
         let pool = guard.as_mut().ok_or(PoolError::Uninitialised)?;
@@ -168,19 +192,26 @@ impl<P: Platform> ExecManager<P> {
             return Err(e);
         }
         pool.packs[index] = Some(pa);
+        if direct {
+            pool.direct |= 1 << index;
+        }
         Ok(())
     }
 
-    /// Unmaps the pack at `va` (break-before-make: invalid entry, broadcast TLBI) and gives its
-    /// frame back. Only for packs mapped with [`ExecManager::map_pack`] outside the allocator.
-    pub fn unmap_pack(&self, va: u64) -> Result<(), PoolError> {
+    /// Unmaps a pack mapped for the allocator (`direct` false) or with `map_pack`; refuses a pack
+    /// of the other kind.
+    pub(super) fn unmap_pack_for(&self, va: u64, direct: bool) -> Result<(), PoolError> {
         let mut guard = self.pool.write();
         let pool = guard.as_mut().ok_or(PoolError::Uninitialised)?;
         let index = pool.index(va)?;
         let pa = pool.packs[index].ok_or(PoolError::NotMapped(va))?;
+        if (pool.direct & (1 << index) != 0) != direct {
+            return Err(PoolError::OwnedByAllocator(va));
+        }
         self.with_tables(|t| t.unmap(va, BLOCK_SIZE_2M, &mut BroadcastTlb::new()))?
             .map_err(PoolError::Map)?;
         pool.packs[index] = None;
+        pool.direct &= !(1 << index);
         pool.frames.free_frame(pa);
         Ok(())
     }

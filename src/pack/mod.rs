@@ -121,6 +121,8 @@ pub enum BackendError {
     PageTable,
     /// The address is already mapped (an allocator bug, reported rather than overwritten).
     AlreadyMapped,
+    /// Freed code could not be overwritten with BRK (the text poke refused).
+    Refill,
 }
 
 impl fmt::Display for BackendError {
@@ -129,6 +131,7 @@ impl fmt::Display for BackendError {
             Self::OutOfFrames => "no free 2 MiB physical block",
             Self::PageTable => "page table could not be allocated or changed",
             Self::AlreadyMapped => "address already mapped",
+            Self::Refill => "freed code could not be refilled with BRK",
         })
     }
 }
@@ -141,8 +144,9 @@ pub trait PackBackend {
     fn map_packs(&mut self, va: u64, count: usize) -> Result<(), BackendError>;
     /// Unmap (break-before-make and TLB invalidation) and return the physical blocks.
     fn unmap_packs(&mut self, va: u64, count: usize);
-    /// Refill `[va, va + len)` with BRK through the text-poke alias, so a stale call traps.
-    fn fill_brk(&mut self, va: u64, len: usize);
+    /// Refill `[va, va + len)` with BRK through the text-poke alias, so a stale call traps. On
+    /// error the free is refused: the slot stays allocated, its code as it was.
+    fn fill_brk(&mut self, va: u64, len: usize) -> Result<(), BackendError>;
 }
 
 /// Why an allocation or a free was refused. Nothing was changed.
@@ -171,6 +175,8 @@ pub enum AllocError {
     },
     /// The backend could not map a new pack (out of physical blocks or page tables).
     MapFailed(BackendError),
+    /// A freed slot could not be refilled with BRK; it stays allocated.
+    RefillFailed(BackendError),
     /// The heap could not hold the metadata of a new pack.
     MetadataExhausted,
     /// The address is not in the pool.
@@ -225,6 +231,7 @@ impl fmt::Display for AllocError {
                 write!(f, "exec pool exhausted: no room for {size} bytes")
             }
             Self::MapFailed(why) => write!(f, "could not map a new exec pack: {why}"),
+            Self::RefillFailed(why) => write!(f, "exec slot not freed: {why}"),
             Self::MetadataExhausted => write!(f, "heap exhausted: no room for pack metadata"),
             Self::OutsidePool { addr } => write!(f, "{addr:#x} is not in the exec pool"),
             Self::Misaligned { addr } => {
@@ -318,7 +325,9 @@ impl Slot {
 
     /// First address after the slot.
     pub fn end(&self) -> u64 {
-        self.addr + self.size as u64
+        // Saturating: a handle rebuilt from a wrong pair may not overflow (the allocator refuses
+        // it anyway).
+        self.addr.saturating_add(self.size as u64)
     }
 
     /// The address and size, for a caller that stores them elsewhere.
@@ -526,7 +535,9 @@ impl<B: PackBackend> PackAllocator<B> {
         }
         let n = recorded.div_ceil(CHUNK_SIZE as u32);
 
-        self.backend.fill_brk(addr, (n as usize) << CHUNK_SHIFT);
+        self.backend
+            .fill_brk(addr, (n as usize) << CHUNK_SHIFT)
+            .map_err(AllocError::RefillFailed)?;
         meta.release(&mut self.index, pack, chunk, n);
         let empty = meta.used_chunks() == 0;
         self.bytes_live -= size as u64;

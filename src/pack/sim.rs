@@ -31,6 +31,7 @@ pub struct SimCounts {
 pub struct SimBackend {
     mapped: BTreeSet<u64>,
     frame_limit: Option<usize>,
+    refill_fails: bool,
     counts: SimCounts,
 }
 
@@ -52,6 +53,11 @@ impl SimBackend {
     /// Changes the frame limit (`None`: unlimited); packs already mapped stay mapped.
     pub fn set_frame_limit(&mut self, frames: Option<usize>) {
         self.frame_limit = frames;
+    }
+
+    /// Makes every BRK refill fail (as a text poke from a CPU without a poke slot would).
+    pub fn set_refill_failure(&mut self, fail: bool) {
+        self.refill_fails = fail;
     }
 
     /// What the backend was asked to do so far.
@@ -121,11 +127,15 @@ impl PackBackend for SimBackend {
         }
     }
 
-    fn fill_brk(&mut self, va: u64, len: usize) {
+    fn fill_brk(&mut self, va: u64, len: usize) -> Result<(), BackendError> {
+        if self.refill_fails {
+            return Err(BackendError::Refill);
+        }
         self.counts.fills += 1;
         self.counts.fill_bytes += len as u64;
         if !self.covers(va, len) {
             self.counts.violations += 1;
         }
+        Ok(())
     }
 }

@@ -318,11 +318,13 @@ fn bad_frees_are_refused() {
 #[test]
 fn errors_have_messages() {
     let errors = [
+        AllocError::Uninitialised,
         AllocError::ZeroSize,
         AllocError::TooLarge { size: 1, pool: 0 },
         AllocError::BadAlignment { align: 3 },
         AllocError::PoolExhausted { size: 1 },
         AllocError::MapFailed(BackendError::OutOfFrames),
+        AllocError::RefillFailed(BackendError::Refill),
         AllocError::MetadataExhausted,
         AllocError::OutsidePool { addr: 1 },
         AllocError::Misaligned { addr: 1 },
@@ -691,4 +693,28 @@ fn a_cached_pack_between_used_ones_is_released_for_a_large_request() {
     assert_eq!(alloc.stats().cached_packs, 0);
     assert_eq!(alloc.backend().mapped_packs(), 4);
     alloc.check_invariants();
+}
+
+#[test]
+fn a_free_whose_refill_fails_is_refused() {
+    let mut alloc = pool(4);
+    let small = alloc.alloc(100).expect("room");
+    let large = alloc.alloc(PACK_SIZE + 64).expect("room");
+    alloc.backend_mut().set_refill_failure(true);
+    let (addr, size) = (small.addr(), small.size());
+    refused(
+        &mut alloc,
+        AllocError::RefillFailed(BackendError::Refill),
+        |a| a.free_raw(addr, size),
+    );
+    alloc.backend_mut().set_refill_failure(false);
+    alloc.free(small).expect("refills now");
+    alloc
+        .free(large)
+        .expect("large slots are unmapped, not refilled");
+    alloc.check_invariants();
+    assert_eq!(
+        alloc::format!("{}", AllocError::RefillFailed(BackendError::Refill)),
+        "exec slot not freed: freed code could not be refilled with BRK"
+    );
 }

@@ -74,6 +74,10 @@ pub struct MaintenancePlan {
     pub d_line: usize,
     /// I-cache line in bytes: the step of the invalidate loop, with the same fallback.
     pub i_line: usize,
+    /// Whether broadcast TLB invalidations are issued twice (`TLBI; DSB; TLBI; DSB`): true if any
+    /// CPU has the repeat-TLBI erratum ([`Midr::needs_repeat_tlbi`]). It matters most for the
+    /// teardown of the writable text-poke alias, so the manager applies it to every one.
+    pub repeat_tlbi: bool,
 }
 
 /// A line size that is safe to step by: the reported one if it is one the architecture can report,
@@ -89,7 +93,11 @@ const fn sane_line(line: usize) -> usize {
 impl MaintenancePlan {
     /// The plan for a system of one CPU, or of identical CPUs.
     pub const fn new(cache: CacheType, midr: Midr) -> Self {
-        Self::decide(cache, midr.needs_clean_invalidate_for_code())
+        Self::decide(
+            cache,
+            midr.needs_clean_invalidate_for_code(),
+            midr.needs_repeat_tlbi(),
+        )
     }
 
     /// The plan valid on every CPU of `cpus` (their MIDR_EL1 and CTR_EL0): smallest lines, a step
@@ -100,19 +108,24 @@ impl MaintenancePlan {
     {
         let mut cpus = cpus.into_iter();
         let (midr, first) = cpus.next()?;
-        let (cache, civac) = cpus.fold(
-            (first, midr.needs_clean_invalidate_for_code()),
-            |(cache, civac), (midr, other)| {
+        let (cache, civac, repeat) = cpus.fold(
+            (
+                first,
+                midr.needs_clean_invalidate_for_code(),
+                midr.needs_repeat_tlbi(),
+            ),
+            |(cache, civac, repeat), (midr, other)| {
                 (
                     cache.common(other),
                     civac || midr.needs_clean_invalidate_for_code(),
+                    repeat || midr.needs_repeat_tlbi(),
                 )
             },
         );
-        Some(Self::decide(cache, civac))
+        Some(Self::decide(cache, civac, repeat))
     }
 
-    const fn decide(cache: CacheType, civac: bool) -> Self {
+    const fn decide(cache: CacheType, civac: bool, repeat_tlbi: bool) -> Self {
         let clean = if cache.idc {
             Clean::Skip
         } else if civac {
@@ -125,6 +138,7 @@ impl MaintenancePlan {
             invalidate_icache: !cache.dic,
             d_line: sane_line(cache.d_line),
             i_line: sane_line(cache.i_line),
+            repeat_tlbi,
         }
     }
 
@@ -188,7 +202,11 @@ impl fmt::Display for MaintenancePlan {
             )
         } else {
             f.write_str("; I: no invalidate (CTR_EL0.DIC=1); ISB")
+        }?;
+        if self.repeat_tlbi {
+            f.write_str("; TLBI repeated (erratum 1286807/2441007/2441009)")?;
         }
+        Ok(())
     }
 }
 
@@ -447,6 +465,33 @@ mod tests {
             MaintenancePlan::for_cpus([big]),
             Some(MaintenancePlan::new(big.1, A72))
         );
+        assert!(
+            !plan.repeat_tlbi,
+            "neither A72 nor A53 has the repeat-TLBI erratum"
+        );
+    }
+
+    #[test]
+    fn repeat_tlbi_if_any_cpu_needs_it() {
+        let cache = CacheType {
+            i_line: 64,
+            d_line: 64,
+            idc: false,
+            dic: false,
+        };
+        // Cortex-A55 (0xd05) beside a Cortex-A76 (0xd0b), a Cortex-A510 (0xd46), an A72.
+        let a55 = Midr(0x410f_d050);
+        let a76 = Midr(0x414f_d0b0);
+        let a510 = Midr(0x410f_d460);
+        for midr in [a55, a76, a510] {
+            assert!(midr.needs_repeat_tlbi(), "{midr}");
+            assert!(MaintenancePlan::new(cache, midr).repeat_tlbi);
+        }
+        assert!(!A72.needs_repeat_tlbi());
+        let mixed = MaintenancePlan::for_cpus([(A72, cache), (a55, cache)]).unwrap();
+        assert!(mixed.repeat_tlbi);
+        assert!(format!("{mixed}").ends_with("TLBI repeated (erratum 1286807/2441007/2441009)"));
+        assert!(!MaintenancePlan::new(cache, A72).repeat_tlbi);
     }
 
     #[test]
@@ -466,6 +511,7 @@ mod tests {
             invalidate_icache: true,
             d_line: 0,
             i_line: 0,
+            repeat_tlbi: false,
         };
         assert_eq!(plan.icache_lines(0x1000, 0x1010).len(), 4);
         assert!(format!("{plan}").contains("every 4 B"));

@@ -143,6 +143,13 @@ pub enum PokeError {
     },
     /// Nothing to write.
     EmptySource,
+    /// The handle is not a live slot of this size (freed, or rebuilt with a wrong pointer/size).
+    NotALiveSlot {
+        /// Its address.
+        addr: u64,
+        /// Its size.
+        size: usize,
+    },
     /// This CPU has no poke slot: its index is not below the manager's CPU count.
     NoPokeSlot {
         /// The index the platform gave.
@@ -196,6 +203,9 @@ impl fmt::Display for PokeError {
                 insn::mnemonic(new)
             ),
             Self::EmptySource => f.write_str("nothing to write: the source is empty"),
+            Self::NotALiveSlot { addr, size } => {
+                write!(f, "{addr:#x}+{size} is not a live exec slot of that size")
+            }
             Self::NoPokeSlot { cpu } => {
                 write!(
                     f,

@@ -25,11 +25,14 @@
 .equ CPACR_EL1_FPEN, (3 << 20)         // FP/SIMD not trapped at EL1 or EL0
 .equ HCR_EL2_IMO_FMO_AMO, 0x38         // physical IRQ, FIQ and SError taken to EL2 (else masked there)
 .equ HCR_EL2_E2H, (1 << 34)            // VHE: the EL2&0 regime, EL1 register layouts at EL2
-.equ CPTR_EL2_VHE_NO_TRAPS, (3 << 20) | (3 << 16) // E2H = 1 (CPACR layout): FPEN, ZEN = 0b11
+.equ CPTR_EL2_VHE_FPEN, (3 << 20)      // E2H = 1 (CPACR layout): FP/SIMD not trapped
+.equ CPTR_EL2_VHE_ZEN, (3 << 16)       // ... and SVE not trapped (only where SVE exists: else RES0)
+.equ CNTHCTL_EL2_VHE_EL1_TIMER, 0xc03  // E2H = 1 layout: EL1PCTEN [10], EL1PCEN [11], EL0 [1:0]
 
 .section .text.boot, "ax"
 .global _start
 _start:
+    msr     daifset, #0xf                   // whatever the loader left: no exception before vectors
     mov     x20, x0
     mrs     x19, mpidr_el1
     and     x19, x19, #0xff
@@ -106,7 +109,7 @@ _start:
     isb
     cbz     x2, 2f
     ldr     x1, =SCTLR_EL1_RESET             // E2H = 1: SCTLR_EL2 has the SCTLR_EL1 layout
-    ldr     x3, =CPTR_EL2_VHE_NO_TRAPS
+    bl      .Lvhe_cptr_el2
     b       3f
 2:  ldr     x1, =SCTLR_EL2_RESET
     ldr     x3, =CPTR_EL2_NO_TRAPS
@@ -123,15 +126,33 @@ _start:
     isb
     b       .Lcommon
 
-// The EL2 state that EL1 depends on. Called from EL3 and EL2 (both may write EL2 registers).
-// Uses x1 only; returns with `ret` (x30), no stack.
+// x3 = CPTR_EL2 with nothing trapped, in the E2H = 1 (CPACR) layout: FPEN, and ZEN where
+// ID_AA64PFR0_EL1.SVE (bits [35:32]) says SVE exists. Clobbers x4; `ret` (x30).
+.Lvhe_cptr_el2:
+    ldr     x3, =CPTR_EL2_VHE_FPEN
+    mrs     x4, id_aa64pfr0_el1
+    ubfx    x4, x4, #32, #4
+    cbz     x4, 1f
+    orr     x3, x3, #CPTR_EL2_VHE_ZEN
+1:  ret
+
+// The EL2 state that EL1 depends on, when the kernel was entered at EL3 and drops to EL1. Where
+// HCR_EL2.E2H is RES1 (a VHE-only core) it reads back as 1 whatever is written, and SCTLR_EL2,
+// CPTR_EL2 and CNTHCTL_EL2 then have their E2H = 1 layouts: the values follow what HCR_EL2 says.
+// Uses x1..x4 and x30 (saved in x5); returns with `ret`, no stack.
 .Lsetup_el2_for_el1:
+    mov     x5, x30
     ldr     x1, =HCR_EL2_RW
     msr     hcr_el2, x1
+    isb
+    mrs     x2, hcr_el2
+    ubfx    x2, x2, #34, #1                  // E2H as it reads back
     // The stub below runs at EL2: its MMU, caches and alignment checks off (SCTLR_EL2 resets to
     // UNKNOWN values when entered at EL3).
     ldr     x1, =SCTLR_EL2_RESET
-    msr     sctlr_el2, x1
+    cbz     x2, 6f
+    ldr     x1, =SCTLR_EL1_RESET
+6:  msr     sctlr_el2, x1
     adrp    x1, el2_stub_vectors
     add     x1, x1, :lo12:el2_stub_vectors
     msr     vbar_el2, x1
@@ -146,11 +167,14 @@ _start:
     cbz     x1, 5f
     msr     S3_4_C5_C2_3, xzr                // VSESR_EL2
 5:
-    ldr     x1, =CPTR_EL2_NO_TRAPS
-    msr     cptr_el2, x1
-    msr     hstr_el2, xzr
+    ldr     x3, =CPTR_EL2_NO_TRAPS
     mov     x1, #CNTHCTL_EL2_EL1_TIMER
+    cbz     x2, 7f
+    bl      .Lvhe_cptr_el2
+    ldr     x1, =CNTHCTL_EL2_VHE_EL1_TIMER
+7:  msr     cptr_el2, x3
     msr     cnthctl_el2, x1
+    msr     hstr_el2, xzr
     msr     cntvoff_el2, xzr
     // EL1 reads of MIDR_EL1 and MPIDR_EL1 return VPIDR_EL2 and VMPIDR_EL2, whose reset values are
     // UNKNOWN: give EL1 the real identity.
@@ -158,6 +182,7 @@ _start:
     msr     vpidr_el2, x1
     mrs     x1, mpidr_el1
     msr     vmpidr_el2, x1
+    mov     x30, x5
     ret
 
 .Lat_el1:

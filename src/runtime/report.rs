@@ -25,6 +25,17 @@ pub fn print_boot_report() {
         cpu::current_el(),
         crate::runtime::mmu::KernelRegime::current().name()
     );
+    if cpu::current_el() == 2 {
+        println!(
+            "  VHE: {}, HCR_EL2.E2H {}",
+            if cpu::has_vhe() { "yes" } else { "no" },
+            if cpu::e2h_is_res1() {
+                "RES1"
+            } else {
+                "may be 0"
+            }
+        );
+    }
     let midr = cpu::midr();
     println!(
         "  cpu: {midr} (MIDR_EL1 {:#010x}), cpu {} of up to {}",

@@ -50,8 +50,11 @@ _start:
     mrs     x1, mpidr_el1
     tst     x1, #0xff
     b.ne    2f                          // one CPU
-    ldr     x1, =(1 << 31)              // HCR_EL2.RW: no guests yet, EL1 would be AArch64
-    msr     hcr_el2, x1
+    ldr     x1, =(1 << 31) | 0x38       // HCR_EL2.RW (EL1 would be AArch64), IMO/FMO/AMO:
+    msr     hcr_el2, x1                 // interrupts and SErrors are taken here, at EL2
+    isb
+    mrs     x1, hcr_el2
+    tbnz    x1, #34, 2f                 // E2H RES1 (a VHE-only core): these tables are for E2H = 0
     ldr     x1, =0x30c50830             // SCTLR_EL2 RES1, MMU and caches off
     msr     sctlr_el2, x1
     ldr     x1, =0x32ff                 // CPTR_EL2 RES1, TFP = 0: FP/SIMD not trapped
@@ -187,6 +190,7 @@ unsafe extern "C" {
     static __image_start: u8;
     static __text_end: u8;
     static __rodata_end: u8;
+    static __image_end: u8;
 }
 
 fn addr(symbol: *const u8) -> u64 {
@@ -240,6 +244,17 @@ unsafe fn build_tables_and_enable_mmu() -> u64 {
             desc::DATA
         };
         *entry = page | attrs | desc::TABLE;
+    }
+    // Everything written so far (.bss, the tables, the stack) went to memory with the caches off;
+    // a loader's stale lines for it must not be hit once they are on (the boot protocol only
+    // promises the image is cleaned). Invalidate, never clean: the memory holds the truth.
+    let line = cpu::cache_type().d_line as u64;
+    let mut at = image;
+    while at < addr(&raw const __image_end) {
+        // SAFETY: a data-cache invalidate by VA of this image's own memory; with the MMU off the
+        // stores above are already in memory.
+        unsafe { core::arch::asm!("dc ivac, {}", in(reg) at) };
+        at += line;
     }
     barrier::dsb(barrier::SY);
 

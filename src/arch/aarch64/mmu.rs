@@ -21,23 +21,25 @@ use crate::mmu::control::{
 };
 use crate::mmu::{MAIR_EL1_VALUE, TableRoot, TlbMaintenance};
 
-/// Cores on which a broadcast `TLBI; DSB` can complete before earlier writes are observed
-/// (Cortex-A76 #1286807, Cortex-A55 #2441007, Cortex-A510 #2441009; CVE-2025-10263): Linux issues
-/// the pair twice (`ARM64_WORKAROUND_REPEAT_TLBI`). It matters most when tearing down the writable
-/// text-poke alias, so it is applied to every broadcast invalidation here.
+/// Whether every broadcast invalidation is issued twice: on cores where a broadcast `TLBI; DSB`
+/// can complete before earlier writes are observed ([`Midr::needs_repeat_tlbi`], CVE-2025-10263),
+/// Linux issues the pair twice (`ARM64_WORKAROUND_REPEAT_TLBI`). It matters most when tearing
+/// down the writable text-poke alias, so it is applied to every broadcast invalidation here.
 static REPEAT_TLBI: AtomicBool = AtomicBool::new(false);
 
-fn needs_repeat_tlbi(midr: Midr) -> bool {
-    midr.implementer() == 0x41 && matches!(midr.part(), 0xd0b | 0xd05 | 0xd46)
+/// Notes a CPU's MIDR: if any CPU of the system needs the repeated TLBI, every broadcast
+/// invalidation repeats it from then on (only ever set). [`enable`] notes the CPU it runs on; the
+/// manager's `init` applies its maintenance plan's `repeat_tlbi`, which covers every CPU the plan
+/// was made for.
+pub fn note_cpu(midr: Midr) {
+    if midr.needs_repeat_tlbi() {
+        repeat_tlbi();
+    }
 }
 
-/// Notes this CPU's MIDR: if any CPU of the system needs the repeated TLBI, every broadcast
-/// invalidation repeats it (only ever set). An embedding kernel calls it on each CPU as it comes
-/// up; [`enable`] calls it for the CPU it runs on.
-pub fn note_cpu(midr: Midr) {
-    if needs_repeat_tlbi(midr) {
-        REPEAT_TLBI.store(true, Ordering::Relaxed);
-    }
+/// Repeats every broadcast invalidation from now on (see [`note_cpu`]).
+pub fn repeat_tlbi() {
+    REPEAT_TLBI.store(true, Ordering::Relaxed);
 }
 
 /// Programs MAIR/TCR/TTBR0 of regime `R` for the tables at `root` and turns on the MMU, the
