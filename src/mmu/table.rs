@@ -1095,37 +1095,7 @@ impl<R: Regime, M: TableMemory> AddressSpace<R, M> {
         size: u64,
         maintenance: &mut impl TlbMaintenance<R>,
     ) -> Result<(), MapError> {
-        check_va_range(self.root.range, va, size, PAGE_SIZE)?;
-        let mut new_tables = NewTables::default();
-        for at in (va..va + size).step_by(PAGE_SIZE as usize) {
-            let found = self.find(at);
-            match (found.level, found.descriptor) {
-                (LEAF_LEVEL, Descriptor::Invalid) => {}
-                (LEAF_LEVEL, _) => return Err(MapError::AlreadyMapped { va: at }),
-                (_, Descriptor::Invalid) => new_tables.note(&found, at, LEAF_LEVEL),
-                _ => return Err(MapError::WouldSplitBlock { va: at }),
-            }
-        }
-        if new_tables.count == 0 {
-            return Ok(());
-        }
-        let mut pool = self.allocate_tables(new_tables.count)?;
-        maintenance.publish();
-        let mut linked = Ok(());
-        // One walk per 2 MiB region the range touches creates its level-3 table (and the
-        // level-2 table above it, once per 1 GiB).
-        let first_region = va & !(BLOCK_SIZE_2M - 1);
-        for region in (first_region..va + size).step_by(BLOCK_SIZE_2M as usize) {
-            linked = self
-                .descend_creating(region.max(va), LEAF_LEVEL, &mut pool)
-                .map(|_| ());
-            if linked.is_err() {
-                break;
-            }
-        }
-        self.free_tables(pool);
-        maintenance.publish();
-        linked
+        self.reserve_tables(va, size, LEAF_LEVEL, maintenance)
     }
 
     /// Creates the tables down to level 2 over `va..va + size` (2 MiB aligned), leaving the
@@ -1143,15 +1113,29 @@ impl<R: Regime, M: TableMemory> AddressSpace<R, M> {
         size: u64,
         maintenance: &mut impl TlbMaintenance<R>,
     ) -> Result<(), MapError> {
-        check_va_range(self.root.range, va, size, BLOCK_SIZE_2M)?;
+        self.reserve_tables(va, size, 2, maintenance)
+    }
+
+    /// The tables down to `level` (2 or 3) over `va..va + size`, entries at `level` left invalid:
+    /// [`AddressSpace::reserve_pages`] and [`AddressSpace::reserve_blocks_2m`].
+    fn reserve_tables(
+        &mut self,
+        va: u64,
+        size: u64,
+        level: u8,
+        maintenance: &mut impl TlbMaintenance<R>,
+    ) -> Result<(), MapError> {
+        let step = entry_size(level);
+        check_va_range(self.root.range, va, size, step)?;
         let mut new_tables = NewTables::default();
-        for at in (va..va + size).step_by(BLOCK_SIZE_2M as usize) {
+        for at in (va..va + size).step_by(step as usize) {
             let found = self.find(at);
             match (found.level, found.descriptor) {
-                (2, Descriptor::Invalid) => {}
-                (2, _) => return Err(MapError::AlreadyMapped { va: at }),
-                (LEAF_LEVEL, _) => return Err(MapError::WouldReplaceTable { va: at }),
-                (_, Descriptor::Invalid) => new_tables.note(&found, at, 2),
+                (l, Descriptor::Invalid) if l == level => {}
+                (l, _) if l == level => return Err(MapError::AlreadyMapped { va: at }),
+                // A level-3 table where a 2 MiB entry is wanted.
+                (l, _) if l > level => return Err(MapError::WouldReplaceTable { va: at }),
+                (_, Descriptor::Invalid) => new_tables.note(&found, at, level),
                 _ => return Err(MapError::WouldSplitBlock { va: at }),
             }
         }
@@ -1161,8 +1145,13 @@ impl<R: Regime, M: TableMemory> AddressSpace<R, M> {
         let mut pool = self.allocate_tables(new_tables.count)?;
         maintenance.publish();
         let mut linked = Ok(());
-        for at in (va..va + size).step_by(BLOCK_SIZE_2M as usize) {
-            linked = self.descend_creating(at, 2, &mut pool).map(|_| ());
+        // One walk per 2 MiB the range touches creates the tables down to `level` (the level-3
+        // table of those 2 MiB, or the level-2 table holding its entry), each once.
+        let first = va & !(BLOCK_SIZE_2M - 1);
+        for region in (first..va + size).step_by(BLOCK_SIZE_2M as usize) {
+            linked = self
+                .descend_creating(region.max(va), level, &mut pool)
+                .map(|_| ());
             if linked.is_err() {
                 break;
             }
