@@ -37,7 +37,7 @@ mod pool;
 
 use core::fmt;
 use core::ops::Range;
-use core::sync::atomic::{AtomicPtr, AtomicUsize};
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use aarch64_cpu::registers::{DAIF, Readable, Writeable};
 use spin::{Mutex, Once, RwLock};
@@ -241,6 +241,9 @@ impl fmt::Display for ExecSlot {
 /// [`PokeError::NotExecMemory`].
 pub struct ExecManager<P: Platform> {
     config: Once<Config>,
+    /// What every poke reads, as plain atomics (set at init, before `config`): the pool window,
+    /// the fixmap's first slot, the CPU count. Zero before init: no address is in the pool.
+    hot: Hot,
     /// The kernel's tables, adopted: the manager maps packs and the fill block through them.
     tables: Mutex<Option<AddressSpace<P::Regime, P::Tables>>>,
     /// Frames and the pack → frame records.
@@ -267,6 +270,12 @@ impl<P: Platform> ExecManager<P> {
     pub const fn new() -> Self {
         Self {
             config: Once::new(),
+            hot: Hot {
+                pool_start: AtomicU64::new(0),
+                pool_end: AtomicU64::new(0),
+                fixmap: AtomicU64::new(0),
+                cpus: AtomicUsize::new(0),
+            },
             tables: Mutex::new(None),
             pool: RwLock::new(None),
             slot_entries: [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS],
@@ -336,12 +345,23 @@ impl<P: Platform> ExecManager<P> {
             let found = space
                 .leaf_entry_ptr(slot)
                 .ok_or(InitError::Map(slots, MapError::NotMapped { va: slot }))?;
-            entry.store(found.as_ptr(), core::sync::atomic::Ordering::Release);
+            entry.store(found.as_ptr(), Ordering::Release);
         }
         // Nothing is stored until every step that can fail has succeeded.
         *self.tables.lock() = Some(space);
         *self.pool.write() = Some(Pool::new(frames, config.pool));
         self.allocator.call_once(|| Mutex::new(allocator));
+        self.hot
+            .pool_start
+            .store(config.pool.start, Ordering::Relaxed);
+        self.hot
+            .pool_end
+            .store(config.pool.end(), Ordering::Relaxed);
+        self.hot
+            .fixmap
+            .store(config.fixmap.start, Ordering::Relaxed);
+        // Release: whoever sees the CPU count sees the rest (and the slot entries above).
+        self.hot.cpus.store(config.cpus, Ordering::Release);
         self.config.call_once(|| config);
         Ok(())
     }
@@ -476,6 +496,14 @@ impl<P: Platform> ExecManager<P> {
             let _ = self.unmap_pack_for(va, false);
         }
     }
+}
+
+/// The hot copy of the configuration.
+struct Hot {
+    pool_start: AtomicU64,
+    pool_end: AtomicU64,
+    fixmap: AtomicU64,
+    cpus: AtomicUsize,
 }
 
 /// Checks the windows against each other, the limits and the root's VA range.

@@ -24,22 +24,19 @@ impl<P: Platform> ExecManager<P> {
 
     /// The fixmap VA of CPU `cpu`'s poke slot (for the audit of a poke in progress).
     pub fn poke_slot(&self, cpu: usize) -> Option<u64> {
-        let config = self.config.get()?;
-        (cpu < config.cpus).then(|| config.fixmap.start + cpu as u64 * PAGE_SIZE)
+        let cpus = self.hot.cpus.load(Ordering::Acquire);
+        (cpu < cpus).then(|| self.hot.fixmap.load(Ordering::Relaxed) + cpu as u64 * PAGE_SIZE)
     }
 
     /// The pack position of the pool window holding `dst` (address arithmetic only; whether it
     /// is mapped is checked once, under the pool's records lock, by the write itself).
     fn pack_of(&self, dst: u64) -> Result<ExecRegion, PokeError> {
-        let pool = self
-            .config
-            .get()
-            .ok_or(PokeError::NotExecMemory { addr: dst })?
-            .pool;
-        if !pool.contains(dst) {
+        let pool_start = self.hot.pool_start.load(Ordering::Relaxed);
+        let pool_end = self.hot.pool_end.load(Ordering::Relaxed);
+        if !(pool_start..pool_end).contains(&dst) {
             return Err(PokeError::NotExecMemory { addr: dst });
         }
-        let start = dst - (dst - pool.start) % BLOCK_SIZE_2M;
+        let start = dst - (dst - pool_start) % BLOCK_SIZE_2M;
         Ok(ExecRegion::pack(start, start + BLOCK_SIZE_2M))
     }
 
@@ -137,7 +134,7 @@ impl<P: Platform> ExecManager<P> {
         let plan = self
             .maintenance_plan()
             .ok_or(PokeError::NotExecMemory { addr: 0 })?;
-        self.check_this_cpu()?;
+        let slot = self.this_cpu_slot()?;
         // The written instructions, sorted, as ranges that merge neighbours less than a page
         // apart: one maintenance pass per range, not per instruction.
         let mut ranges: alloc::vec::Vec<(u64, u64)> = patches
@@ -155,7 +152,7 @@ impl<P: Platform> ExecManager<P> {
         });
         P::stop_others_and_run(&mut || {
             for &(addr, new) in patches {
-                self.store_through_alias(&records, addr, INSN_BYTES, |alias, _, _| {
+                self.store_through_alias(&records, slot, addr, INSN_BYTES, |alias, _, _| {
                     // SAFETY: one aligned 32-bit store into the alias page; the others are
                     // stopped.
                     unsafe { alias.cast::<u32>().write_volatile(new) };
@@ -175,13 +172,12 @@ impl<P: Platform> ExecManager<P> {
         (!entry.is_null()).then_some((slot, entry))
     }
 
-    /// Refuses a poke from a CPU the manager has no slot for (an index at or above
-    /// [`super::Config::cpus`]), before anything is written.
-    fn check_this_cpu(&self) -> Result<(), PokeError> {
-        // Any CPU's index will do here: each page is written with the index read again, masked.
+    /// This CPU's index and poke slot, refused for a CPU the manager has no slot for (an index at
+    /// or above [`super::Config::cpus`]), before anything is written.
+    fn this_cpu_slot(&self) -> Result<(usize, (u64, *mut u64)), PokeError> {
         let cpu = P::cpu_index();
         match self.slot_entry(cpu) {
-            Some(_) => Ok(()),
+            Some(slot) => Ok((cpu, slot)),
             None => Err(PokeError::NoPokeSlot { cpu }),
         }
     }
@@ -197,8 +193,8 @@ impl<P: Platform> ExecManager<P> {
         let plan = self
             .maintenance_plan()
             .ok_or(PokeError::NotExecMemory { addr: dst })?;
-        self.check_this_cpu()?;
-        self.store_through_alias(records, dst, len, write);
+        let slot = self.this_cpu_slot()?;
+        self.store_through_alias(records, slot, dst, len, write);
         cache::sync_code_range(plan, dst, dst + len as u64);
         Ok(())
     }
@@ -213,6 +209,7 @@ impl<P: Platform> ExecManager<P> {
     fn store_through_alias(
         &self,
         records: &Records<'_, P::Frames>,
+        (checked_cpu, checked_slot): (usize, (u64, *mut u64)),
         dst: u64,
         len: usize,
         mut write: impl FnMut(*mut u8, usize, usize),
@@ -234,8 +231,15 @@ impl<P: Platform> ExecManager<P> {
             // Interrupts stay masked while the writable alias exists: nothing else runs on this
             // CPU and sees it, and the alias is never left behind by a preemption.
             let saved = P::mask_interrupts();
-            let Some((slot, entry)) = self.slot_entry(P::cpu_index()) else {
-                // Checked by the caller; a platform whose CPU index changes meaning is refused.
+            let cpu = P::cpu_index();
+            let found = if cpu == checked_cpu {
+                Some(checked_slot)
+            } else {
+                self.slot_entry(cpu)
+            };
+            let Some((slot, entry)) = found else {
+                // The caller checked the CPU it started on; a platform whose CPU index leaves
+                // the configured range midway is refused here.
                 P::restore_interrupts(saved);
                 return;
             };

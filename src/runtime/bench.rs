@@ -298,15 +298,22 @@ fn workload_text(config: &Config, out: &mut Vec<Figure>) {
     let source: Vec<u8> = (0..65536u32).map(|i| (i * 7) as u8).collect();
     let mut scratch = Box::new(Scratch([0; 65536]));
     println!(
-        "(c) text_copy on the real backend ({plan}), instructions per call, median of {} rounds of {}",
+        "(c) text_copy and slot write on the real backend ({plan}), instructions per call, median of {} rounds of {}",
         config.rounds, config.copy_reps
     );
     println!(
-        "    {:>6} | {:>10} | {:>10} | {:>6}",
-        "bytes", "text_copy", "floor", "ratio"
+        "    {:>6} | {:>10} | {:>10} | {:>10} | {:>6} | {:>6}",
+        "bytes", "text_copy", "slot write", "floor", "ratio", "ratio"
     );
     for &size in config.copy_sizes {
+        // The raw poke (bounded by the pack), and the slot API's write (the handle checked to be
+        // a live slot of its size first, under the allocator's lock).
         let copy = median_per_op(config.rounds, config.copy_reps, || {
+            for _ in 0..config.copy_reps {
+                let _ = poke::text_copy(target.addr(), &source[..size]);
+            }
+        });
+        let write = median_per_op(config.rounds, config.copy_reps, || {
             for _ in 0..config.copy_reps {
                 let _ = slot::write(&target, 0, &source[..size]);
             }
@@ -320,15 +327,21 @@ fn workload_text(config: &Config, out: &mut Vec<Figure>) {
             }
         });
         println!(
-            "    {:>6} | {:>10} | {:>10} | {:>5.2}x",
+            "    {:>6} | {:>10} | {:>10} | {:>10} | {:>5.2}x | {:>5.2}x",
             size,
             copy,
+            write,
             floor,
-            ratio(copy, floor)
+            ratio(copy, floor),
+            ratio(write, floor)
         );
-        for (allocator, value) in [("execmem", copy), ("floor", floor)] {
+        for (workload, allocator, value) in [
+            ("text_copy", "execmem", copy),
+            ("text_copy", "floor", floor),
+            ("slot_write", "execmem", write),
+        ] {
             out.push(Figure {
-                workload: "text_copy",
+                workload,
                 allocator,
                 params: alloc::format!("\"bytes\": {size}"),
                 value,
