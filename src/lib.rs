@@ -11,7 +11,10 @@
 //!   syndrome decoding), [`machine`] (the memory map and devices from the device tree, and where the
 //!   kernel's regions go in it), [`mmu`] (descriptors, tables, audit), [`poke`] (instruction encoding, CMODX
 //!   rules, cache-maintenance plans), [`pack`] (the slot allocator);
-//! - `arch::aarch64`: system registers, TLB and cache instructions (every AArch64 target);
+//! - `arch::aarch64`: system registers, TLB and cache instructions, per translation regime (every
+//!   AArch64 target);
+//! - `manager`: the manager on the hardware, `ExecManager<P: Platform>`, which a kernel
+//!   instantiates over its own tables, frames and CPUs, at EL1 or EL2 (every AArch64 target);
 //! - `runtime`: the demo kernel that hosts the manager (boot code, vectors, console, heap, panic
 //!   handler, global allocator, board glue). Only with the `runtime` feature on `target_os = "none"`:
 //!   a kernel that depends on execmem without it gets no symbol, lang item or link argument of it.
