@@ -64,13 +64,13 @@ pub fn unmask_serror_and_irq() {
     DAIF.modify(DAIF::A::Unmasked + DAIF::I::Unmasked);
 }
 
-/// Whether the CPU has VHE (ID_AA64MMFR1_EL1.VH, bits [11:8]).
+/// Whether the CPU has VHE (ID_AA64MMFR1_EL1.VH, bits \[11:8\]).
 pub fn has_vhe() -> bool {
     use aarch64_cpu::registers::ID_AA64MMFR1_EL1;
     (ID_AA64MMFR1_EL1.get() >> 8) & 0xf != 0
 }
 
-/// Whether HCR_EL2.E2H may be 0 (FEAT_E2H0): ID_AA64MMFR4_EL1.E2H0, bits [27:24], is 0 when it
+/// Whether HCR_EL2.E2H may be 0 (FEAT_E2H0): ID_AA64MMFR4_EL1.E2H0, bits \[27:24\], is 0 when it
 /// may; a negative value (0b1110, 0b1111) means E2H is RES1, so EL2 only runs with VHE.
 pub fn e2h_is_res1() -> bool {
     let mmfr4: u64;
