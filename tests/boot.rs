@@ -47,6 +47,7 @@ fn main() {
             serror_is_taken_and_decoded,
             timer_frequency_is_set,
             gic_interrupts_are_usable_by_the_kernel,
+            every_cpu_comes_online,
         ],
     );
 }
@@ -258,4 +259,32 @@ fn gic_interrupts_are_usable_by_the_kernel() {
     gic.enable_interrupt(timer, true)
         .expect("PPI 14 (INTID 30) must be in Group 1, enabled by the kernel");
     gic.enable_interrupt(timer, false).expect("disable");
+}
+
+/// Every CPU of the device tree (up to the kernel's stacks) came online at the kernel's level, in
+/// its address space, and runs what it is sent: each answers with its own MPIDR, exception level
+/// and translation root.
+fn every_cpu_comes_online() {
+    let expected = memory::machine().cpus.len().min(board::CPUS);
+    let online = runtime::smp::online_mask();
+    println!(
+        "  {} of {expected} CPUs online (mask {online:#x})",
+        online.count_ones()
+    );
+    assert_eq!(online.count_ones() as usize, expected);
+    fn identity(_: u64) -> u64 {
+        use aarch64_cpu::registers::MPIDR_EL1;
+        let root = runtime::mmu::hardware_root();
+        (MPIDR_EL1.get() & 0xff) | (u64::from(cpu::current_el()) << 8) | (root << 16)
+    }
+    let here = identity(0);
+    for index in 0..expected {
+        let answer = runtime::smp::run_on(index, identity, 0).expect("the CPU answers");
+        assert_eq!(answer & 0xff, index as u64, "CPU {index} runs it");
+        assert_eq!(answer >> 8, here >> 8, "same level and tables as CPU 0");
+    }
+    assert_eq!(
+        runtime::smp::run_on(board::CPUS, identity, 0),
+        Err(runtime::smp::SmpError::NotOnline(board::CPUS))
+    );
 }

@@ -34,6 +34,7 @@ fn main() {
             exhaustion_is_an_error_and_the_kernel_continues,
             bad_writes_and_lookups_change_nothing,
             trim_releases_the_cached_pack,
+            code_written_on_one_cpu_runs_on_every_cpu,
             audit_is_clean_at_the_end,
         ],
     );
@@ -295,6 +296,54 @@ fn trim_releases_the_cached_pack() {
     install(&slot, 5);
     assert_eq!(call(slot.addr()), 5);
     slot::free(slot).expect("free");
+    assert_audit_clean();
+}
+
+/// Code written by one CPU runs on every other (each executes an ISB before it calls, as the
+/// mailbox does): slots JIT'd on CPU 0 called everywhere, and a slot JIT'd on another CPU called
+/// on CPU 0 and the rest. The plan the pokes use was merged over every CPU.
+fn code_written_on_one_cpu_runs_on_every_cpu() {
+    let online = runtime::smp::online_mask();
+    let cpus: Vec<usize> = (0..64).filter(|c| online & (1 << c) != 0).collect();
+    println!("  CPUs online: {cpus:?}");
+    let mut slots = Vec::new();
+    for value in 0..32u16 {
+        let slot = slot::alloc(64).expect("alloc");
+        install(&slot, 1000 + value);
+        slots.push(slot);
+    }
+    fn call_on(addr: u64) -> u64 {
+        u64::from(call(addr))
+    }
+    for &c in &cpus {
+        for (value, slot) in slots.iter().enumerate() {
+            assert_eq!(
+                runtime::smp::run_on(c, call_on, slot.addr()),
+                Ok(1000 + value as u64),
+                "slot {value} on CPU {c}"
+            );
+        }
+    }
+    // A slot JIT'd on the last CPU (allocation, write and pokes there), called everywhere.
+    fn jit_here(value: u64) -> u64 {
+        let slot = slot::alloc(64).expect("alloc on this CPU");
+        install(&slot, value as u16);
+        let (ptr, _) = slot.into_raw();
+        ptr as u64
+    }
+    let last = *cpus.last().expect("CPU 0 at least");
+    let addr = runtime::smp::run_on(last, jit_here, 4242).expect("runs");
+    for &c in &cpus {
+        assert_eq!(
+            runtime::smp::run_on(c, call_on, addr),
+            Ok(4242),
+            "on CPU {c}"
+        );
+    }
+    slot::free_raw(addr as *const u8, 64).expect("free");
+    for slot in slots {
+        slot::free(slot).expect("free");
+    }
     assert_audit_clean();
 }
 

@@ -230,13 +230,13 @@ _start:
     adrp    x1, SECONDARY_ENTRY
     add     x1, x1, :lo12:SECONDARY_ENTRY
 4:  wfe
-    ldr     x2, [x1, x19, lsl #3]
-    cbz     x2, 4b
+    ldr     x3, [x1, x19, lsl #3]
+    cbz     x3, 4b
     mov     x0, x19
-    bl      .Lstack_top_for_cpu
+    bl      .Lstack_top_for_cpu             // clobbers x1, x2: the entry is in x3
     mov     sp, x0
     mov     x0, x19
-    br      x2
+    br      x3
 
 // x0 = cpu -> x0 = top of that CPU's boot stack. Stacks sit above their guard page:
 // [guard][stack 0][guard][stack 1]... (see linker.ld). Clobbers x1, x2.

@@ -101,7 +101,10 @@ pub fn init() {
         pool: plan.exec_pool,
         fixmap: plan.fixmap,
         cpus: board::CPUS,
-        maintenance: MaintenancePlan::new(cpu::cache_type(), cpu::midr()),
+        // Over every CPU online: the smallest lines, the errata of any (Arm ARM B2.4.4 wants the
+        // maintenance to reach every CPU that may run the code).
+        maintenance: MaintenancePlan::for_cpus(crate::runtime::smp::identities())
+            .unwrap_or_else(|| MaintenancePlan::new(cpu::cache_type(), cpu::midr())),
     };
     let root = mmu::root();
     // SAFETY: `root` is the live kernel root in TTBR0_ELx of the running regime, on every CPU;

@@ -23,6 +23,7 @@ pub mod poke;
 pub mod rendezvous;
 pub mod report;
 pub mod slot;
+pub mod smp;
 #[cfg(feature = "qemu")]
 pub mod testing;
 
@@ -85,6 +86,9 @@ fn start(x0: u64, entry_el: u8) -> ! {
     let uart = discovered.as_ref().ok().and_then(|(m, _)| m.uart);
     console::init(uart.unwrap_or(board::UART));
     let (machine, plan) = discovered.unwrap_or_else(|e| boot_error(format_args!("{e}")));
+    // The other CPUs to boot.s's park loop while the MMU is off (a spin-table release address
+    // lies in the null page the tables leave unmapped).
+    let sent = smp::start_secondaries(&machine);
     // SAFETY: the plan placed the heap in free RAM, apart from the image, the device tree, reserved
     // memory and everything else it placed; this is the only call.
     unsafe { heap::init(plan.heap) };
@@ -108,6 +112,13 @@ fn start(x0: u64, entry_el: u8) -> ! {
     // locks, on the premise that nothing interrupts.
     cpu::unmask_serror_and_irq();
     BOOT_INFO.call_once(|| BootInfo { entry_el, dtb: x0 });
+    let online = smp::bring_online(sent);
+    if online & sent != sent {
+        crate::println!(
+            "execmem: CPUs {:#x} were started but did not come online within a second",
+            sent & !online
+        );
+    }
     exec_pool::init();
     // SAFETY: defined by the binary through `entry!`, with the signature declared above.
     unsafe { __execmem_main() };

@@ -7,8 +7,9 @@
 //! Rounds are numbered: a participant waits for *its* round to be released, so one that is slow to
 //! leave a round can never be caught by the next one resetting shared flags.
 //!
-//! Only CPU 0 is online until the SMP work brings the others up; they will enter
-//! [`participate`] from the IPI that [`stop_others_and_run`] sends.
+//! The other CPUs enter [`participate`] from their idle loop (`runtime::smp`): the round number
+//! is stored, then `SEV` wakes them from `WFE`. (Interrupting a CPU that is busy, with an SGI, is
+//! the SMP issue's next step.)
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -31,6 +32,16 @@ pub fn online_cpus() -> usize {
     ONLINE.load(Ordering::Acquire)
 }
 
+/// Counts this CPU in: from now on every round waits for it.
+pub(crate) fn cpu_online() {
+    ONLINE.fetch_add(1, Ordering::AcqRel);
+}
+
+/// The round in progress or the last one: an idle CPU participates when it changes.
+pub(crate) fn current_round() -> usize {
+    ROUND.load(Ordering::Acquire)
+}
+
 /// Runs `change` while every other online CPU waits in [`participate`]; each of them executes an
 /// ISB after the change and before it resumes. This CPU runs the round with interrupts masked, so
 /// nothing it does can wait on a CPU that is stopped. `change` must not take locks another CPU
@@ -43,7 +54,9 @@ pub fn stop_others_and_run(change: impl FnOnce()) {
     ARRIVED.store(0, Ordering::Relaxed);
     let round = ROUND.load(Ordering::Relaxed) + 1;
     ROUND.store(round, Ordering::Release);
-    // (SMP: send the rendezvous IPI to the other online CPUs here.)
+    // Wake the others from WFE (their idle loop). A busy CPU is not interrupted yet.
+    aarch64_cpu::asm::barrier::dsb(aarch64_cpu::asm::barrier::ISH);
+    aarch64_cpu::asm::sev();
     while ARRIVED.load(Ordering::Acquire) < others {
         core::hint::spin_loop();
     }

@@ -82,7 +82,7 @@ pub fn print_boot_report() {
         .map(|c| alloc::format!("{:#x}", c.mpidr))
         .collect();
     println!(
-        "  cpus: {} in the map (MPIDR {}), enable method {}; the kernel runs up to {}",
+        "  cpus: {} in the map (MPIDR {}), enable method {}; the kernel runs up to {}, {} online",
         machine.cpus.len(),
         mpidrs.join(", "),
         match machine
@@ -95,7 +95,8 @@ pub fn print_boot_report() {
             Some(EnableMethod::SpinTable(_)) => "spin table",
             _ => "none named",
         },
-        board::CPUS
+        board::CPUS,
+        crate::runtime::smp::online_mask().count_ones()
     );
     println!(
         "  gic: {}, psci: {}, timer: {} Hz ({})",

@@ -1,0 +1,336 @@
+//! The other CPUs: started at boot, brought into the kernel's address space, and then idle,
+//! serving the stop-the-world rendezvous and a per-CPU mailbox (`run_on`).
+//!
+//! Bring-up, in two steps:
+//! 1. With the MMU still off, CPU 0 sends every other CPU of the device tree to `_start`: PSCI
+//!    `CPU_ON` (virt: `hvc` or `smc`, as `/psci` says) or the spin table (the Pi: the entry
+//!    address written to the CPU's release address, which lies in the null page the kernel never
+//!    maps, then `SEV`). Each sets up its own exception level as CPU 0 did (boot.s) and waits in
+//!    boot.s's park loop on `SECONDARY_ENTRY`, with the MMU off.
+//! 2. Once CPU 0's tables are live, it publishes its MAIR, TCR, TTBR0 and SCTLR bits
+//!    (`SECONDARY_MMU`), cleaned to the point of coherency because the waiting CPUs read memory
+//!    with their caches off, and releases each CPU into `secondary_mmu_on`: the MMU goes on in
+//!    assembly (`TLBI VMALLE1` or `ALLE2`, `IC IALLU`, `DSB NSH`, `ISB` first; never the boot
+//!    CPU's `DC IVAC`, which would discard CPU 0's dirty lines), then Rust.
+//!
+//! An idle CPU waits in `WFE`; whoever posts work for it (a rendezvous round, a mailbox call)
+//! stores, then `DSB` and `SEV`.
+
+use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+
+use aarch64_cpu::asm::barrier;
+
+use crate::arch::aarch64::cpu;
+use crate::cpu::{CacheType, Midr};
+use crate::machine::{EnableMethod, Machine, PsciConduit};
+use crate::runtime::boot::{MAX_CPUS, SECONDARY_ENTRY};
+use crate::runtime::mmu::KernelRegime;
+use crate::runtime::rendezvous;
+
+/// What a secondary needs to turn its MMU on like CPU 0's: written by CPU 0, cleaned to PoC.
+#[repr(C)]
+struct MmuHandoff {
+    mair: u64,
+    tcr: u64,
+    ttbr0: u64,
+    sctlr_set: u64,
+}
+
+/// Read by `secondary_mmu_on` with the MMU off; in `.data` so that it has a fixed, loaded home.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".data")]
+static mut SECONDARY_MMU: MmuHandoff = MmuHandoff {
+    mair: 0,
+    tcr: 0,
+    ttbr0: 0,
+    sctlr_set: 0,
+};
+
+core::arch::global_asm!(
+    r#"
+.section .text, "ax"
+// x0 = cpu, sp = its boot stack; MMU and caches off, at the kernel's exception level.
+secondary_mmu_on:
+    adrp    x1, SECONDARY_MMU
+    add     x1, x1, :lo12:SECONDARY_MMU
+    ldp     x2, x3, [x1]                    // MAIR, TCR
+    ldp     x4, x5, [x1, #16]               // TTBR0, SCTLR bits
+    mrs     x6, CurrentEL
+    cmp     x6, #(2 << 2)
+    b.eq    2f
+    msr     mair_el1, x2
+    msr     tcr_el1, x3
+    msr     ttbr0_el1, x4
+    isb
+    tlbi    vmalle1
+    ic      iallu
+    dsb     nsh
+    isb
+    mrs     x6, sctlr_el1
+    orr     x6, x6, x5
+    msr     sctlr_el1, x6
+    isb
+    b       3f
+2:  msr     mair_el2, x2
+    msr     tcr_el2, x3
+    msr     ttbr0_el2, x4
+    isb
+    tlbi    alle2
+    ic      iallu
+    dsb     nsh
+    isb
+    mrs     x6, sctlr_el2
+    orr     x6, x6, x5
+    msr     sctlr_el2, x6
+    isb
+3:  bl      secondary_entry
+4:  wfe
+    b       4b
+"#
+);
+
+unsafe extern "C" {
+    fn secondary_mmu_on();
+    fn _start();
+}
+
+/// Bit per CPU that reached Rust.
+static ONLINE: AtomicU64 = AtomicU64::new(1);
+/// Each CPU's MIDR_EL1 and CTR_EL0, written as it comes online (CPU 0's at bring-up).
+static IDENTITY: [[AtomicU64; 2]; MAX_CPUS] =
+    [const { [AtomicU64::new(0), AtomicU64::new(0)] }; MAX_CPUS];
+
+/// A call posted to one CPU.
+struct Mailbox {
+    state: AtomicU8,
+    function: AtomicUsize,
+    argument: AtomicU64,
+    result: AtomicU64,
+}
+
+const IDLE: u8 = 0;
+const POSTED: u8 = 1;
+const DONE: u8 = 2;
+
+static MAILBOXES: [Mailbox; MAX_CPUS] = [const {
+    Mailbox {
+        state: AtomicU8::new(IDLE),
+        function: AtomicUsize::new(0),
+        argument: AtomicU64::new(0),
+        result: AtomicU64::new(0),
+    }
+}; MAX_CPUS];
+
+/// Serialises callers of `run_on` (one mailbox slot per CPU).
+static CALLERS: spin::Mutex<()> = spin::Mutex::new(());
+
+/// Why a call to another CPU did not run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmpError {
+    /// That CPU is not online (no such CPU, or it never came up).
+    NotOnline(usize),
+    /// It did not answer in time.
+    Timeout(usize),
+}
+
+impl core::fmt::Display for SmpError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NotOnline(cpu) => write!(f, "CPU {cpu} is not online"),
+            Self::Timeout(cpu) => write!(f, "CPU {cpu} did not answer within a second"),
+        }
+    }
+}
+
+/// Step 1, with the MMU off: every CPU of the tree but this one goes to `_start`, where boot.s
+/// parks it. Returns the CPUs sent (a bit each, by MPIDR.Aff0).
+pub fn start_secondaries(machine: &Machine) -> u64 {
+    let this = cpu::cpu_id();
+    let entry = _start as *const () as u64;
+    let mut sent = 0;
+    for c in &machine.cpus {
+        let index = (c.mpidr & 0xff) as usize;
+        if index == this || index >= MAX_CPUS {
+            continue;
+        }
+        let started = match (c.enable, machine.psci) {
+            (EnableMethod::Psci, Some(PsciConduit::Hvc)) => {
+                smccc::psci::cpu_on::<smccc::Hvc>(c.mpidr, entry, 0).is_ok()
+            }
+            (EnableMethod::Psci, Some(PsciConduit::Smc)) => {
+                smccc::psci::cpu_on::<smccc::Smc>(c.mpidr, entry, 0).is_ok()
+            }
+            (EnableMethod::SpinTable(release), _) if release != 0 => {
+                let word = core::ptr::with_exposed_provenance_mut::<u64>(release as usize);
+                // SAFETY: the tree's release address for that CPU (a reserved word the
+                // firmware's spin loop reads); the MMU is off, so the store goes to memory. The
+                // clean covers a loader that left the line cached.
+                unsafe {
+                    word.write_volatile(entry);
+                    core::arch::asm!("dc civac, {}", in(reg) release, options(nostack));
+                }
+                true
+            }
+            _ => false,
+        };
+        if started {
+            sent |= 1 << index;
+        }
+    }
+    barrier::dsb(barrier::SY);
+    aarch64_cpu::asm::sev();
+    sent
+}
+
+/// Step 2, MMU on: publishes this CPU's translation state and releases the parked CPUs in
+/// `expected` into `secondary_mmu_on`; waits up to a second for them. Returns the CPUs online.
+pub fn bring_online(expected: u64) -> u64 {
+    record_identity(cpu::cpu_id());
+    let (mair, tcr, ttbr0): (u64, u64, u64);
+    // SAFETY: reading this CPU's translation registers at the level it runs at.
+    unsafe {
+        if KernelRegime::current().el() == 2 {
+            core::arch::asm!("mrs {}, mair_el2", "mrs {}, tcr_el2", "mrs {}, ttbr0_el2",
+                out(reg) mair, out(reg) tcr, out(reg) ttbr0, options(nomem, nostack));
+        } else {
+            core::arch::asm!("mrs {}, mair_el1", "mrs {}, tcr_el1", "mrs {}, ttbr0_el1",
+                out(reg) mair, out(reg) tcr, out(reg) ttbr0, options(nomem, nostack));
+        }
+    }
+    let handoff = &raw mut SECONDARY_MMU;
+    // SAFETY: written once, before any secondary is released; they only read it.
+    unsafe {
+        handoff.write_volatile(MmuHandoff {
+            mair,
+            tcr,
+            ttbr0,
+            sctlr_set: crate::mmu::control::SCTLR_MMU_ON,
+        })
+    };
+    clean_to_poc(handoff as u64, core::mem::size_of::<MmuHandoff>() as u64);
+    let trampoline = secondary_mmu_on as *const () as u64;
+    for (index, slot) in SECONDARY_ENTRY.iter().enumerate() {
+        if expected & (1 << index) != 0 {
+            slot.store(trampoline, Ordering::Release);
+            clean_to_poc(slot as *const AtomicU64 as u64, 8);
+        }
+    }
+    barrier::dsb(barrier::SY);
+    aarch64_cpu::asm::sev();
+    let all = expected | 1;
+    let deadline = deadline_after_ms(1000);
+    while ONLINE.load(Ordering::Acquire) & all != all && !past(deadline) {
+        core::hint::spin_loop();
+    }
+    ONLINE.load(Ordering::Acquire)
+}
+
+/// CPUs online, a bit each.
+pub fn online_mask() -> u64 {
+    ONLINE.load(Ordering::Acquire)
+}
+
+/// The (MIDR, CTR) of every CPU online: what the maintenance plan is merged over.
+pub fn identities() -> impl Iterator<Item = (Midr, CacheType)> {
+    let online = online_mask();
+    (0..MAX_CPUS)
+        .filter(move |&c| online & (1 << c) != 0)
+        .map(|c| {
+            (
+                Midr(IDENTITY[c][0].load(Ordering::Acquire)),
+                CacheType::from_ctr(IDENTITY[c][1].load(Ordering::Acquire)),
+            )
+        })
+}
+
+fn record_identity(index: usize) {
+    IDENTITY[index][0].store(cpu::midr().0, Ordering::Relaxed);
+    IDENTITY[index][1].store(cpu::ctr_el0(), Ordering::Release);
+}
+
+/// `DC CVAC` over `[start, start + len)`, for memory a CPU with its caches off is about to read.
+fn clean_to_poc(start: u64, len: u64) {
+    let line = cpu::cache_type().d_line as u64;
+    let mut at = start / line * line;
+    while at < start + len {
+        // SAFETY: a clean by VA of kernel data, mapped and readable.
+        unsafe { core::arch::asm!("dc cvac, {}", in(reg) at, options(nostack, preserves_flags)) };
+        at += line;
+    }
+}
+
+fn deadline_after_ms(ms: u64) -> u64 {
+    use aarch64_cpu::registers::{CNTPCT_EL0, Readable};
+    CNTPCT_EL0.get() + cpu::timer_frequency().max(1) * ms / 1000
+}
+
+fn past(deadline: u64) -> bool {
+    use aarch64_cpu::registers::{CNTPCT_EL0, Readable};
+    CNTPCT_EL0.get() >= deadline
+}
+
+/// Rust on a secondary, MMU and caches on: say so, then serve rounds and calls forever.
+#[unsafe(no_mangle)]
+extern "C" fn secondary_entry(index: u64) -> ! {
+    let index = index as usize;
+    record_identity(index);
+    rendezvous::cpu_online();
+    ONLINE.fetch_or(1 << index, Ordering::AcqRel);
+    barrier::dsb(barrier::ISH);
+    aarch64_cpu::asm::sev();
+    let mut seen_round = rendezvous::current_round();
+    loop {
+        let round = rendezvous::current_round();
+        if round != seen_round {
+            seen_round = round;
+            rendezvous::participate();
+            continue;
+        }
+        let mailbox = &MAILBOXES[index];
+        if mailbox.state.load(Ordering::Acquire) == POSTED {
+            let function = mailbox.function.load(Ordering::Relaxed);
+            let argument = mailbox.argument.load(Ordering::Relaxed);
+            // Whatever code the caller wrote before posting is executed after this ISB (Arm ARM
+            // B2.4.4: a context synchronisation event on the executing CPU).
+            barrier::isb(barrier::SY);
+            // SAFETY: `run_on` stores a `fn(u64) -> u64` here.
+            let f: fn(u64) -> u64 = unsafe { core::mem::transmute(function) };
+            mailbox.result.store(f(argument), Ordering::Relaxed);
+            mailbox.state.store(DONE, Ordering::Release);
+            barrier::dsb(barrier::ISH);
+            aarch64_cpu::asm::sev();
+            continue;
+        }
+        aarch64_cpu::asm::wfe();
+    }
+}
+
+/// Runs `f(argument)` on CPU `index` and returns its result (the calling CPU waits). On CPU 0's
+/// own index it just calls `f`.
+pub fn run_on(index: usize, f: fn(u64) -> u64, argument: u64) -> Result<u64, SmpError> {
+    if index == cpu::cpu_id() {
+        return Ok(f(argument));
+    }
+    if index >= MAX_CPUS || online_mask() & (1 << index) == 0 {
+        return Err(SmpError::NotOnline(index));
+    }
+    let _one_at_a_time = CALLERS.lock();
+    let mailbox = &MAILBOXES[index];
+    mailbox
+        .function
+        .store(f as *const () as usize, Ordering::Relaxed);
+    mailbox.argument.store(argument, Ordering::Relaxed);
+    mailbox.state.store(POSTED, Ordering::Release);
+    barrier::dsb(barrier::ISH);
+    aarch64_cpu::asm::sev();
+    let deadline = deadline_after_ms(1000);
+    while mailbox.state.load(Ordering::Acquire) != DONE {
+        if past(deadline) {
+            return Err(SmpError::Timeout(index));
+        }
+        core::hint::spin_loop();
+    }
+    let result = mailbox.result.load(Ordering::Relaxed);
+    mailbox.state.store(IDLE, Ordering::Relaxed);
+    Ok(result)
+}
