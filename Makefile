@@ -17,7 +17,7 @@ QEMU_ARGS = $(shell tests/runner/qemu-args $(BOARD) first | cut -d' ' -f3-)
 
 BENCH_DIR := out/bench
 
-.PHONY: run test bench image gdb setup clean
+.PHONY: run test bench stress image gdb setup clean
 
 ## run: boot the demo kernel on BOARD in QEMU (the board's first boot mode)
 run: setup
@@ -37,6 +37,14 @@ bench: setup
 	sed -n '/^BEGIN results.json/,/^END results.json/p' $(BENCH_DIR)/bench.log | sed '1d;$$d' > $(BENCH_DIR)/results.json
 	sed '/^BEGIN results.json/,$$d' $(BENCH_DIR)/bench.log > $(BENCH_DIR)/results.txt
 	@echo "figures: $(BENCH_DIR)/results.txt and $(BENCH_DIR)/results.json"
+
+## stress: every CPU at once allocating, JITting, calling (on another CPU) and freeing slots,
+## 100,000 operations per CPU, on each board in its first boot mode (make test runs 3,000)
+stress: setup
+	for board in $(BOARDS); do \
+	    EXECMEM_BOARD=$$board EXECMEM_MODES=first EXECMEM_QEMU_TIMEOUT=7200 \
+	        cargo test --release --target $(TARGET) --features board-$$board,qemu,stress-full --test stress || exit 1; \
+	done
 
 ## image: kernel8.img (+ config.txt) for an SD card, without any QEMU-only code
 image: setup

@@ -11,6 +11,7 @@ extern crate alloc;
 
 use alloc::vec::Vec;
 use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use execmem::arch::aarch64::cpu;
 use execmem::fault::ExceptionClass;
@@ -45,6 +46,8 @@ fn main() {
             direct_store_to_the_pack_still_faults,
             alias_is_gone_and_audit_clean_after_pokes,
             bad_inputs_are_refused_with_memory_unchanged,
+            live_patch_while_other_cpus_call,
+            batch_patch_refused_while_a_cpu_is_busy,
         ],
     );
     exec_pool::unmap_pack(pack()).expect("unmap");
@@ -293,4 +296,132 @@ fn bad_inputs_are_refused_with_memory_unchanged() {
     );
     assert_eq!(snapshot(at), before, "memory unchanged by refused pokes");
     assert_eq!(call(at), 11);
+}
+
+/// The CPUs online other than this one.
+fn other_cpus() -> Vec<usize> {
+    let online = runtime::smp::online_mask();
+    (0..64)
+        .filter(|&c| online & (1 << c) != 0 && c != cpu::cpu_id())
+        .collect()
+}
+
+static STOP_CALLING: AtomicBool = AtomicBool::new(false);
+/// Per CPU: calls that returned the traced function's value, the tracer's, anything else.
+static SEEN: [[AtomicU64; 3]; 4] = [const { [const { AtomicU64::new(0) }; 3] }; 4];
+
+/// Calls the function at `addr` until told to stop, counting what it returns.
+fn call_until_stopped(addr: u64) -> u64 {
+    let me = cpu::cpu_id() % 4;
+    let mut calls = 0;
+    while !STOP_CALLING.load(Ordering::Acquire) {
+        let slot = match call(addr) {
+            1 => 0,
+            1000 => 1,
+            _ => 2,
+        };
+        SEEN[me][slot].fetch_add(1, Ordering::Relaxed);
+        calls += 1;
+    }
+    calls
+}
+
+/// CPUs 1.. call a traced function in a loop while this CPU turns its first instruction from NOP
+/// into B (to the tracer) and back, 200 times with `patch_insn`: both targets run on every other
+/// CPU and nothing else does (a CMODX pair, one aligned store: B2.2.5 lets a CPU see the old or the
+/// new instruction, never a mix).
+fn live_patch_while_other_cpus_call() {
+    let others = other_cpus();
+    if others.is_empty() {
+        println!("  one CPU online: nothing to race with");
+        return;
+    }
+    let traced = pack() + 0x8000;
+    let tracer = pack() + 0x8100;
+    let mut code = CodeBuf::new(traced);
+    code.push(insn::nop());
+    code.push(insn::movz(W0, 1, 0).expect("movz"));
+    code.push(insn::ret());
+    write(&code);
+    write(&return_const(tracer, 1000));
+    STOP_CALLING.store(false, Ordering::Release);
+    for &c in &others {
+        runtime::smp::start_on(c, call_until_stopped, traced).expect("post the loop");
+    }
+    let branch = insn::b(traced, tracer).expect("in range");
+    for _ in 0..200 {
+        poke::patch_insn(traced, insn::nop(), branch).expect("NOP -> B");
+        poke::patch_insn(traced, branch, insn::nop()).expect("B -> NOP");
+    }
+    // Let them run a little on the final NOP too.
+    for _ in 0..10_000 {
+        core::hint::spin_loop();
+    }
+    STOP_CALLING.store(true, Ordering::Release);
+    for &c in &others {
+        let calls = runtime::smp::finish(c, 5000).expect("the loop ends");
+        let [traced_runs, tracer_runs, other] =
+            [0, 1, 2].map(|i| SEEN[c % 4][i].load(Ordering::Relaxed));
+        println!(
+            "  CPU {c}: {calls} calls: {traced_runs} traced, {tracer_runs} tracer, {other} other"
+        );
+        assert_eq!(other, 0, "CPU {c} ran something else");
+        assert!(traced_runs > 0, "CPU {c} never ran the traced function");
+        assert_eq!(traced_runs + tracer_runs, calls);
+    }
+    let ran_tracer = others
+        .iter()
+        .any(|&c| SEEN[c % 4][1].load(Ordering::Relaxed) > 0);
+    assert!(ran_tracer, "no other CPU ever saw the patched branch");
+    assert_eq!(poke::read_insn(traced), Ok(insn::nop()));
+}
+
+static BUSY_STARTED: AtomicBool = AtomicBool::new(false);
+
+/// Spins for about `ms` milliseconds, away from the idle loop (so it cannot join a rendezvous).
+fn busy_for_ms(ms: u64) -> u64 {
+    use aarch64_cpu::registers::{CNTPCT_EL0, Readable};
+    BUSY_STARTED.store(true, Ordering::Release);
+    let end = CNTPCT_EL0.get() + cpu::timer_frequency() * ms / 1000;
+    while CNTPCT_EL0.get() < end {
+        core::hint::spin_loop();
+    }
+    ms
+}
+
+/// A batch patch needs every other CPU stopped: with one of them busy (not in its idle loop) the
+/// rendezvous gives up after its timeout, names that CPU and writes nothing; once it is idle
+/// again the same batch goes through.
+fn batch_patch_refused_while_a_cpu_is_busy() {
+    let others = other_cpus();
+    let Some(&busy) = others.first() else {
+        println!("  one CPU online: no CPU to be busy");
+        return;
+    };
+    let at = pack() + 0x9000;
+    write(&return_const(at, 5));
+    let new = insn::movz(W0, 6, 0).expect("movz");
+    BUSY_STARTED.store(false, Ordering::Release);
+    runtime::smp::start_on(busy, busy_for_ms, 3000).expect("post");
+    // Busy for real: out of its idle loop (a round posted before it picks up the call is joined).
+    while !BUSY_STARTED.load(Ordering::Acquire) {
+        core::hint::spin_loop();
+    }
+    let refused = poke::patch_batch(&[(at, new)]);
+    println!("  with CPU {busy} busy: {refused:?}");
+    assert_eq!(refused, Err(PokeError::CpuNotStopped { cpu: busy }));
+    assert_eq!(call(at), 5, "nothing was written");
+    assert_eq!(runtime::smp::finish(busy, 5000), Ok(3000));
+    poke::patch_batch(&[(at, new)]).expect("every CPU idle: the batch runs");
+    assert_eq!(call(at), 6);
+    for &c in &others {
+        fn call_it(addr: u64) -> u64 {
+            u64::from(call(addr))
+        }
+        assert_eq!(
+            runtime::smp::run_on(c, call_it, at),
+            Ok(6),
+            "CPU {c} runs the new code"
+        );
+    }
 }

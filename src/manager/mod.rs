@@ -97,8 +97,9 @@ pub trait Platform: Sized + 'static {
     /// Runs `change` while every other CPU that may execute exec memory waits, and makes each of
     /// them execute a context synchronisation event (an ISB) after it and before it runs
     /// anything else (Linux `stop_machine` for `aarch64_insn_patch_text`). A kernel with one CPU
-    /// online just calls `change`.
-    fn stop_others_and_run(change: &mut dyn FnMut());
+    /// online just calls `change`. If a CPU cannot be stopped (it does not answer in time),
+    /// `change` is not run and the error names that CPU: the patch is refused, nothing written.
+    fn stop_others_and_run(change: &mut dyn FnMut()) -> Result<(), NotStopped>;
 
     /// Masks every interrupt on this CPU and returns what to restore: while a CPU's writable
     /// alias exists nothing else may run on it. The default saves DAIF and masks D, A, I and F.
@@ -112,6 +113,13 @@ pub trait Platform: Sized + 'static {
     fn restore_interrupts(saved: u64) {
         DAIF.set(saved);
     }
+}
+
+/// A CPU that [`Platform::stop_others_and_run`] could not stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotStopped {
+    /// Its index.
+    pub cpu: usize,
 }
 
 /// Where the manager's two VA windows are, and what the CPUs need.

@@ -161,8 +161,8 @@ impl<P: Platform> ExecManager<P> {
             for &(start, end) in &ranges {
                 cache::sync_code_range(plan, start, end);
             }
-        });
-        Ok(())
+        })
+        .map_err(|stopped| PokeError::CpuNotStopped { cpu: stopped.cpu })
     }
 
     /// CPU `cpu`'s poke slot: its VA and its level-3 entry.

@@ -278,7 +278,10 @@ impl<P: Platform> ExecManager<P> {
         let Some(config) = self.config.get() else {
             return Vec::new();
         };
-        let records = self.pool.read();
+        // The write lock waits for every poke in flight on any CPU (each holds the records for
+        // reading while its alias exists), and keeps new ones out: no CPU's poke alias is valid
+        // while the tables are walked, so one is never mistaken for a leftover.
+        let records = self.pool.write();
         let Some(pool) = records.as_ref() else {
             return Vec::new();
         };

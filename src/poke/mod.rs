@@ -150,6 +150,12 @@ pub enum PokeError {
         /// Its size.
         size: usize,
     },
+    /// A batch patch needs every other CPU stopped, and this one did not stop in time: nothing
+    /// was written.
+    CpuNotStopped {
+        /// The CPU that did not stop.
+        cpu: usize,
+    },
     /// This CPU has no poke slot: its index is not below the manager's CPU count.
     NoPokeSlot {
         /// The index the platform gave.
@@ -206,6 +212,10 @@ impl fmt::Display for PokeError {
             Self::NotALiveSlot { addr, size } => {
                 write!(f, "{addr:#x}+{size} is not a live exec slot of that size")
             }
+            Self::CpuNotStopped { cpu } => write!(
+                f,
+                "CPU {cpu} did not stop for the batch patch; nothing was written"
+            ),
             Self::NoPokeSlot { cpu } => {
                 write!(
                     f,

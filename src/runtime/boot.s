@@ -2,7 +2,8 @@
 // stays at EL2, as a hypervisor does (with VHE, HCR_EL2.E2H = 1, where the CPU has it: the EL2&0
 // regime; else the EL2 regime of Armv8.0, as on Cortex-A72). Entered at EL1 it runs at EL1.
 // Entered at EL3 it drops to EL1 (the firmware-like path). Then CPU 0 zeroes .bss, takes its stack
-// and calls `kernel_entry` (Rust). Other CPUs park.
+// and calls `kernel_entry` (Rust). Other CPUs wait in the park loop until `runtime::smp` releases
+// them into its MMU trampoline.
 // Entered at EL3, every CPU first does what firmware would (`el3_firmware_setup`: CNTFRQ_EL0, the
 // GIC's security groups), and EL2 gets a minimal stub (VBAR_EL2), so an HVC from EL1 has somewhere
 // to go: it can raise a virtual SError, which is how the tests provoke one.

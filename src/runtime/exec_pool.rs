@@ -14,7 +14,7 @@ use core::ops::Range;
 use buddy_system_allocator::FrameAllocator;
 
 use crate::arch::aarch64::cpu;
-use crate::manager::{Config, ExecManager, PackFrames, Platform};
+use crate::manager::{Config, ExecManager, NotStopped, PackFrames, Platform};
 use crate::mmu::control::RegimeControl;
 use crate::mmu::{El1And0, El2, El2And0, HeapTables, PackFrame, Violation};
 use crate::poke::cache::MaintenancePlan;
@@ -35,8 +35,8 @@ impl<R: RegimeControl> Platform for Demo<R> {
         cpu::cpu_id()
     }
 
-    fn stop_others_and_run(change: &mut dyn FnMut()) {
-        rendezvous::stop_others_and_run(change);
+    fn stop_others_and_run(change: &mut dyn FnMut()) -> Result<(), NotStopped> {
+        rendezvous::stop_others_and_run(change).map_err(|cpu| NotStopped { cpu })
     }
 }
 

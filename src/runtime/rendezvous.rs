@@ -11,30 +11,37 @@
 //! is stored, then `SEV` wakes them from `WFE`. (Interrupting a CPU that is busy, with an SGI, is
 //! the SMP issue's next step.)
 
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use aarch64_cpu::registers::{DAIF, Readable, Writeable};
+use aarch64_cpu::asm::barrier;
+use aarch64_cpu::registers::{CNTPCT_EL0, DAIF, Readable, Writeable};
 use spin::Mutex;
 
-/// CPUs running the kernel (CPU 0 only, until secondaries are released).
-static ONLINE: AtomicUsize = AtomicUsize::new(1);
+use crate::arch::aarch64::cpu;
+
+/// CPUs running the kernel, a bit each (by `cpu::cpu_id`): CPU 0 until the others come online.
+static ONLINE: AtomicU64 = AtomicU64::new(1);
 /// The round in progress (or the last one).
 static ROUND: AtomicUsize = AtomicUsize::new(0);
-/// CPUs that arrived and spin in the round in progress.
-static ARRIVED: AtomicUsize = AtomicUsize::new(0);
-/// The last round whose change is complete.
+/// The round being gathered in the upper 32 bits, and a bit per CPU that arrived for it below: a
+/// CPU that comes late, for a round that was given up, cannot be counted in the next one.
+static ARRIVED: AtomicU64 = AtomicU64::new(0);
+/// The last round whose change is complete (or that was given up).
 static RELEASED: AtomicUsize = AtomicUsize::new(0);
 /// One round at a time.
 static LEADER: Mutex<()> = Mutex::new(());
 
+/// How long a round waits for the other CPUs before it is given up.
+pub const ARRIVAL_TIMEOUT_MS: u64 = 1000;
+
 /// CPUs online.
 pub fn online_cpus() -> usize {
-    ONLINE.load(Ordering::Acquire)
+    ONLINE.load(Ordering::Acquire).count_ones() as usize
 }
 
-/// Counts this CPU in: from now on every round waits for it.
-pub(crate) fn cpu_online() {
-    ONLINE.fetch_add(1, Ordering::AcqRel);
+/// Counts CPU `index` in: from now on every round waits for it.
+pub(crate) fn cpu_online(index: usize) {
+    ONLINE.fetch_or(1 << index, Ordering::AcqRel);
 }
 
 /// The round in progress or the last one: an idle CPU participates when it changes.
@@ -42,37 +49,70 @@ pub(crate) fn current_round() -> usize {
     ROUND.load(Ordering::Acquire)
 }
 
+fn round_tag(round: usize) -> u64 {
+    (round as u64 & 0xffff_ffff) << 32
+}
+
 /// Runs `change` while every other online CPU waits in [`participate`]; each of them executes an
 /// ISB after the change and before it resumes. This CPU runs the round with interrupts masked, so
 /// nothing it does can wait on a CPU that is stopped. `change` must not take locks another CPU
 /// could hold while stopped: resolve what it needs before calling.
-pub fn stop_others_and_run(change: impl FnOnce()) {
+///
+/// A CPU that has not arrived after [`ARRIVAL_TIMEOUT_MS`] (busy with interrupts masked, or
+/// hung) makes the round fail: `change` is not run, the CPUs that did arrive are let go, and the
+/// error names the first CPU missing.
+pub fn stop_others_and_run(change: impl FnOnce()) -> Result<(), usize> {
     let _leader = LEADER.lock();
     let daif = DAIF.get();
     DAIF.write(DAIF::D::Masked + DAIF::A::Masked + DAIF::I::Masked + DAIF::F::Masked);
-    let others = online_cpus() - 1;
-    ARRIVED.store(0, Ordering::Relaxed);
+    let others = ONLINE.load(Ordering::Acquire) & !(1 << cpu::cpu_id());
     let round = ROUND.load(Ordering::Relaxed) + 1;
+    ARRIVED.store(round_tag(round), Ordering::Relaxed);
     ROUND.store(round, Ordering::Release);
     // Wake the others from WFE (their idle loop). A busy CPU is not interrupted yet.
-    aarch64_cpu::asm::barrier::dsb(aarch64_cpu::asm::barrier::ISH);
+    barrier::dsb(barrier::ISH);
     aarch64_cpu::asm::sev();
-    while ARRIVED.load(Ordering::Acquire) < others {
+    let ticks = cpu::timer_frequency().max(1) * ARRIVAL_TIMEOUT_MS / 1000;
+    let deadline = CNTPCT_EL0.get() + ticks;
+    let result = loop {
+        let arrived = ARRIVED.load(Ordering::Acquire) & 0xffff_ffff;
+        if arrived & others == others {
+            change();
+            break Ok(());
+        }
+        if CNTPCT_EL0.get() >= deadline {
+            break Err((others & !arrived).trailing_zeros() as usize);
+        }
         core::hint::spin_loop();
-    }
-    change();
+    };
     RELEASED.store(round, Ordering::Release);
+    barrier::dsb(barrier::ISH);
+    aarch64_cpu::asm::sev();
     DAIF.set(daif);
+    result
 }
 
-/// What another CPU runs on the rendezvous IPI: arrive, spin until its round is released, then
-/// synchronise its instruction stream with the change (Arm ARM B2.2.5 / B2.4.4: a context
-/// synchronisation event after the change and before executing the modified code).
+/// What another CPU runs when a round starts (from its idle loop): arrive, wait until the round is
+/// released, then synchronise its instruction stream with the change (Arm ARM B2.2.5 / B2.4.4: a
+/// context synchronisation event after the change and before executing the modified code). A
+/// round that is already over, or was given up, is not joined.
 pub fn participate() {
     let round = ROUND.load(Ordering::Acquire);
-    ARRIVED.fetch_add(1, Ordering::AcqRel);
-    while RELEASED.load(Ordering::Acquire) < round {
-        core::hint::spin_loop();
+    let bit = 1u64 << cpu::cpu_id();
+    let mut seen = ARRIVED.load(Ordering::Acquire);
+    let joined = loop {
+        if seen & !0xffff_ffff != round_tag(round) || RELEASED.load(Ordering::Acquire) >= round {
+            break false;
+        }
+        match ARRIVED.compare_exchange_weak(seen, seen | bit, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => break true,
+            Err(now) => seen = now,
+        }
+    };
+    if joined {
+        while RELEASED.load(Ordering::Acquire) < round {
+            aarch64_cpu::asm::wfe();
+        }
     }
-    aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
+    barrier::isb(barrier::SY);
 }

@@ -111,6 +111,7 @@ struct Mailbox {
 const IDLE: u8 = 0;
 const POSTED: u8 = 1;
 const DONE: u8 = 2;
+const POSTING: u8 = 3;
 
 static MAILBOXES: [Mailbox; MAX_CPUS] = [const {
     Mailbox {
@@ -121,9 +122,6 @@ static MAILBOXES: [Mailbox; MAX_CPUS] = [const {
     }
 }; MAX_CPUS];
 
-/// Serialises callers of `run_on` (one mailbox slot per CPU).
-static CALLERS: spin::Mutex<()> = spin::Mutex::new(());
-
 /// Why a call to another CPU did not run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SmpError {
@@ -131,13 +129,16 @@ pub enum SmpError {
     NotOnline(usize),
     /// It did not answer in time.
     Timeout(usize),
+    /// It is still running a call posted earlier.
+    Busy(usize),
 }
 
 impl core::fmt::Display for SmpError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::NotOnline(cpu) => write!(f, "CPU {cpu} is not online"),
-            Self::Timeout(cpu) => write!(f, "CPU {cpu} did not answer within a second"),
+            Self::Timeout(cpu) => write!(f, "CPU {cpu} did not answer in time"),
+            Self::Busy(cpu) => write!(f, "CPU {cpu} is still running an earlier call"),
         }
     }
 }
@@ -274,7 +275,7 @@ fn past(deadline: u64) -> bool {
 extern "C" fn secondary_entry(index: u64) -> ! {
     let index = index as usize;
     record_identity(index);
-    rendezvous::cpu_online();
+    rendezvous::cpu_online(index);
     ONLINE.fetch_or(1 << index, Ordering::AcqRel);
     barrier::dsb(barrier::ISH);
     aarch64_cpu::asm::sev();
@@ -305,17 +306,31 @@ extern "C" fn secondary_entry(index: u64) -> ! {
     }
 }
 
-/// Runs `f(argument)` on CPU `index` and returns its result (the calling CPU waits). On CPU 0's
-/// own index it just calls `f`.
+/// Runs `f(argument)` on CPU `index` and returns its result (the calling CPU waits up to a
+/// second). On the calling CPU's own index it just calls `f`.
 pub fn run_on(index: usize, f: fn(u64) -> u64, argument: u64) -> Result<u64, SmpError> {
     if index == cpu::cpu_id() {
         return Ok(f(argument));
     }
-    if index >= MAX_CPUS || online_mask() & (1 << index) == 0 {
+    start_on(index, f, argument)?;
+    finish(index, 1000)
+}
+
+/// Posts `f(argument)` to CPU `index`, which must be online and idle, and returns at once;
+/// [`finish`] collects the result. For work that runs on several CPUs at the same time.
+pub fn start_on(index: usize, f: fn(u64) -> u64, argument: u64) -> Result<(), SmpError> {
+    if index == cpu::cpu_id() || index >= MAX_CPUS || online_mask() & (1 << index) == 0 {
         return Err(SmpError::NotOnline(index));
     }
-    let _one_at_a_time = CALLERS.lock();
     let mailbox = &MAILBOXES[index];
+    // IDLE -> POSTING claims the mailbox: one caller at a time.
+    if mailbox
+        .state
+        .compare_exchange(IDLE, POSTING, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        return Err(SmpError::Busy(index));
+    }
     mailbox
         .function
         .store(f as *const () as usize, Ordering::Relaxed);
@@ -323,14 +338,25 @@ pub fn run_on(index: usize, f: fn(u64) -> u64, argument: u64) -> Result<u64, Smp
     mailbox.state.store(POSTED, Ordering::Release);
     barrier::dsb(barrier::ISH);
     aarch64_cpu::asm::sev();
-    let deadline = deadline_after_ms(1000);
-    while mailbox.state.load(Ordering::Acquire) != DONE {
-        if past(deadline) {
-            return Err(SmpError::Timeout(index));
+    Ok(())
+}
+
+/// Waits up to `timeout_ms` for the call posted to CPU `index` and returns its result.
+pub fn finish(index: usize, timeout_ms: u64) -> Result<u64, SmpError> {
+    if index >= MAX_CPUS {
+        return Err(SmpError::NotOnline(index));
+    }
+    let mailbox = &MAILBOXES[index];
+    let deadline = deadline_after_ms(timeout_ms);
+    loop {
+        match mailbox.state.load(Ordering::Acquire) {
+            DONE => break,
+            IDLE => return Err(SmpError::NotOnline(index)),
+            _ if past(deadline) => return Err(SmpError::Timeout(index)),
+            _ => core::hint::spin_loop(),
         }
-        core::hint::spin_loop();
     }
     let result = mailbox.result.load(Ordering::Relaxed);
-    mailbox.state.store(IDLE, Ordering::Relaxed);
+    mailbox.state.store(IDLE, Ordering::Release);
     Ok(result)
 }

@@ -27,7 +27,7 @@ use aarch64_cpu::registers::{
 use buddy_system_allocator::LockedHeap;
 use execmem::arch::aarch64::cpu;
 use execmem::layout::Region;
-use execmem::manager::{Config, ExecManager, PackFrames, Platform};
+use execmem::manager::{Config, ExecManager, NotStopped, PackFrames, Platform};
 use execmem::mmu::{
     El2, LinearMap, MAIR_EL1_VALUE, PageTable, Rule, TableAccess, TableMemory, TableRoot, VaRange,
 };
@@ -346,8 +346,9 @@ impl Platform for Hypervisor {
         0 // one CPU online
     }
 
-    fn stop_others_and_run(change: &mut dyn FnMut()) {
+    fn stop_others_and_run(change: &mut dyn FnMut()) -> Result<(), NotStopped> {
         change(); // no other CPU to stop
+        Ok(())
     }
 }
 
