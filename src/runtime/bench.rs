@@ -50,6 +50,7 @@ struct Config {
     churn_live: &'static [u64],
     copy_sizes: &'static [usize],
     copy_reps: usize,
+    smp_pairs: usize,
 }
 
 impl Config {
@@ -65,6 +66,7 @@ impl Config {
                 churn_live: &[32 << 20, 100 << 20],
                 copy_sizes: &[4, 256, 4096, 65536],
                 copy_reps: 20,
+                smp_pairs: 2000,
             },
             Scale::Smoke => Self {
                 rounds: 3,
@@ -76,6 +78,7 @@ impl Config {
                 churn_live: &[2 << 20],
                 copy_sizes: &[4, 4096],
                 copy_reps: 2,
+                smp_pairs: 50,
             },
         }
     }
@@ -388,6 +391,91 @@ fn workload_text(config: &Config, out: &mut Vec<Figure>) {
     let _ = slot::free(target);
 }
 
+/// Alloc+free pairs of a 64-byte slot on the kernel's manager (the real backend: BRK refill through
+/// the poke, locks), `pairs` of them, on the calling CPU: instructions per pair.
+fn slot_pairs(pairs: u64) -> u64 {
+    pmu::init();
+    let start = pmu::instructions();
+    for _ in 0..pairs {
+        if let Ok(slot) = slot::alloc(64) {
+            let _ = slot::free(slot);
+        }
+    }
+    u64::from(pmu::instructions().wrapping_sub(start)) / pairs.max(1)
+}
+
+/// (e) SMP: the kernel's alloc+free pair on one CPU and on every CPU at once (instructions per
+/// pair on each CPU), and `patch_batch` of one instruction with the other CPUs online (each
+/// stops in the rendezvous).
+fn workload_smp(config: &Config, out: &mut Vec<Figure>) {
+    let online = crate::runtime::smp::online_mask();
+    let others: Vec<usize> = (1..64).filter(|&c| online & (1 << c) != 0).collect();
+    let pairs = config.smp_pairs as u64;
+    println!(
+        "(e) SMP, {} CPUs online: the kernel's 64-byte alloc+free pair (real backend), instructions per pair",
+        others.len() + 1
+    );
+    let alone = slot_pairs(pairs);
+    for &c in &others {
+        let _ = crate::runtime::smp::start_on(c, slot_pairs, pairs);
+    }
+    let here = slot_pairs(pairs);
+    let mut all = alloc::vec![here];
+    for &c in &others {
+        all.push(crate::runtime::smp::finish(c, 600_000).unwrap_or(0));
+    }
+    let worst = all.iter().copied().max().unwrap_or(0);
+    println!(
+        "    one CPU alone: {alone}; all {} at once: {} per CPU (worst {worst}, {:.2}x alone)",
+        all.len(),
+        all.iter()
+            .map(|v| alloc::format!("{v}"))
+            .collect::<Vec<_>>()
+            .join(" / "),
+        ratio(worst, alone)
+    );
+    out.push(Figure {
+        workload: "smp_slot_pair",
+        allocator: "execmem",
+        params: String::from("\"cpus\": 1"),
+        value: alone,
+        unit: "instructions",
+    });
+    out.push(Figure {
+        workload: "smp_slot_pair",
+        allocator: "execmem",
+        params: alloc::format!("\"cpus\": {}", all.len()),
+        value: worst,
+        unit: "instructions",
+    });
+
+    let Ok(target) = slot::alloc(64) else {
+        return;
+    };
+    let at = target.addr();
+    let a = insn::movz(insn::W0, 1, 0).expect("movz");
+    let b = insn::movz(insn::W0, 2, 0).expect("movz");
+    let _ = poke::text_set(at, a, 1);
+    let batches = median_per_op(config.rounds, 2 * config.copy_reps, || {
+        for _ in 0..config.copy_reps {
+            let _ = poke::patch_batch(&[(at, b)]);
+            let _ = poke::patch_batch(&[(at, a)]);
+        }
+    });
+    println!(
+        "    patch_batch of one instruction, {} other CPUs stopped each time: {batches} instructions on the patching CPU",
+        others.len()
+    );
+    out.push(Figure {
+        workload: "patch_batch",
+        allocator: "execmem",
+        params: alloc::format!("\"cpus\": {}", others.len() + 1),
+        value: batches,
+        unit: "instructions",
+    });
+    let _ = slot::free(target);
+}
+
 /// Runs every workload and prints the table, then the figures as JSON between
 /// `BEGIN results.json` and `END results.json` lines (`make bench` writes them to a file).
 pub fn run(scale: Scale) {
@@ -407,6 +495,7 @@ pub fn run(scale: Scale) {
     workload_pairs(&config, &mut figures);
     workload_churn(&config, &mut figures);
     workload_text(&config, &mut figures);
+    workload_smp(&config, &mut figures);
 
     let mut json = String::from("[\n");
     for (i, f) in figures.iter().enumerate() {

@@ -83,6 +83,8 @@ pub fn stop_others_and_run(change: impl FnOnce()) -> Result<(), usize> {
         if CNTPCT_EL0.get() >= deadline {
             break Err((others & !arrived).trailing_zeros() as usize);
         }
+        // A spin, not WFE: with no event (a CPU that never arrives) WFE could sleep past the
+        // deadline, since the timer's event stream is not turned on.
         core::hint::spin_loop();
     };
     RELEASED.store(round, Ordering::Release);
@@ -105,7 +107,11 @@ pub fn participate() {
             break false;
         }
         match ARRIVED.compare_exchange_weak(seen, seen | bit, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => break true,
+            Ok(_) => {
+                barrier::dsb(barrier::ISH);
+                aarch64_cpu::asm::sev();
+                break true;
+            }
             Err(now) => seen = now,
         }
     };

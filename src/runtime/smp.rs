@@ -22,7 +22,7 @@ use aarch64_cpu::asm::barrier;
 
 use crate::arch::aarch64::cpu;
 use crate::cpu::{CacheType, Midr};
-use crate::machine::{EnableMethod, Machine, PsciConduit};
+use crate::machine::{EnableMethod, Machine, PsciConduit, Source};
 use crate::runtime::boot::{MAX_CPUS, SECONDARY_ENTRY};
 use crate::runtime::mmu::KernelRegime;
 use crate::runtime::rendezvous;
@@ -161,6 +161,10 @@ pub fn start_secondaries(machine: &Machine) -> u64 {
             (EnableMethod::Psci, Some(PsciConduit::Smc)) => {
                 smccc::psci::cpu_on::<smccc::Smc>(c.mpidr, entry, 0).is_ok()
             }
+            // A release word inside the device tree itself (QEMU raspi4b loads an ELF's tree at
+            // address 0, over the spin table, and starts every CPU at the entry point): that CPU
+            // was started with this one; writing would corrupt the tree.
+            (EnableMethod::SpinTable(release), _) if inside_tree(machine, release) => true,
             (EnableMethod::SpinTable(release), _) if release != 0 => {
                 let word = core::ptr::with_exposed_provenance_mut::<u64>(release as usize);
                 // SAFETY: the tree's release address for that CPU (a reserved word the
@@ -181,6 +185,16 @@ pub fn start_secondaries(machine: &Machine) -> u64 {
     barrier::dsb(barrier::SY);
     aarch64_cpu::asm::sev();
     sent
+}
+
+fn inside_tree(machine: &Machine, address: u64) -> bool {
+    match machine.source {
+        Source::DeviceTree {
+            address: tree,
+            size,
+        } => (tree..tree + size).contains(&address),
+        _ => false,
+    }
 }
 
 /// Step 2, MMU on: publishes this CPU's translation state and releases the parked CPUs in
@@ -353,6 +367,8 @@ pub fn finish(index: usize, timeout_ms: u64) -> Result<u64, SmpError> {
             DONE => break,
             IDLE => return Err(SmpError::NotOnline(index)),
             _ if past(deadline) => return Err(SmpError::Timeout(index)),
+            // A spin, not WFE: a callee that never finishes sends no event, and the deadline
+            // must still be seen.
             _ => core::hint::spin_loop(),
         }
     }
