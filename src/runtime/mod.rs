@@ -115,7 +115,7 @@ fn start(x0: u64, entry_el: u8) -> ! {
     let online = smp::bring_online(sent);
     if online & sent != sent {
         crate::println!(
-            "execmem: CPUs {:#x} were started but did not come online within a second",
+            "execmem: CPUs {:#x} were started but did not come online within five seconds",
             sent & !online
         );
     }

@@ -32,7 +32,7 @@ static RELEASED: AtomicUsize = AtomicUsize::new(0);
 static LEADER: Mutex<()> = Mutex::new(());
 
 /// How long a round waits for the other CPUs before it is given up.
-pub const ARRIVAL_TIMEOUT_MS: u64 = 1000;
+pub const ARRIVAL_TIMEOUT_MS: u64 = 2000;
 
 /// CPUs online.
 pub fn online_cpus() -> usize {

@@ -198,7 +198,7 @@ fn inside_tree(machine: &Machine, address: u64) -> bool {
 }
 
 /// Step 2, MMU on: publishes this CPU's translation state and releases the parked CPUs in
-/// `expected` into `secondary_mmu_on`; waits up to a second for them. Returns the CPUs online.
+/// `expected` into `secondary_mmu_on`; waits up to five seconds for them. Returns the CPUs online.
 pub fn bring_online(expected: u64) -> u64 {
     record_identity(cpu::cpu_id());
     let (mair, tcr, ttbr0): (u64, u64, u64);
@@ -233,7 +233,7 @@ pub fn bring_online(expected: u64) -> u64 {
     barrier::dsb(barrier::SY);
     aarch64_cpu::asm::sev();
     let all = expected | 1;
-    let deadline = deadline_after_ms(1000);
+    let deadline = deadline_after_ms(5000);
     while ONLINE.load(Ordering::Acquire) & all != all && !past(deadline) {
         core::hint::spin_loop();
     }
@@ -320,14 +320,14 @@ extern "C" fn secondary_entry(index: u64) -> ! {
     }
 }
 
-/// Runs `f(argument)` on CPU `index` and returns its result (the calling CPU waits up to a
-/// second). On the calling CPU's own index it just calls `f`.
+/// Runs `f(argument)` on CPU `index` and returns its result (the calling CPU waits up to ten
+/// seconds: under an emulator on a loaded host a CPU can be descheduled for a while). On the calling CPU's own index it just calls `f`.
 pub fn run_on(index: usize, f: fn(u64) -> u64, argument: u64) -> Result<u64, SmpError> {
     if index == cpu::cpu_id() {
         return Ok(f(argument));
     }
     start_on(index, f, argument)?;
-    finish(index, 1000)
+    finish(index, 10_000)
 }
 
 /// Posts `f(argument)` to CPU `index`, which must be online and idle, and returns at once;
