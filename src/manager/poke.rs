@@ -22,6 +22,11 @@ impl<P: Platform> ExecManager<P> {
         self.alias_maps.load(Ordering::Relaxed)
     }
 
+    /// The fixmap VA of the block a fresh pack is filled through (`None` before `init`).
+    pub fn fill_block(&self) -> Option<u64> {
+        self.config.get().map(super::pool::fill_block)
+    }
+
     /// The fixmap VA of CPU `cpu`'s poke slot (for the audit of a poke in progress).
     pub fn poke_slot(&self, cpu: usize) -> Option<u64> {
         let cpus = self.hot.cpus.load(Ordering::Acquire);

@@ -145,7 +145,7 @@ impl ReleasedPacks {
 }
 
 /// The 2 MiB block of the fixmap window a fresh pack is filled through.
-pub(super) fn fill_block(config: &Config) -> u64 {
+pub(crate) fn fill_block(config: &Config) -> u64 {
     config.fixmap.start + BLOCK_SIZE_2M
 }
 

@@ -165,14 +165,16 @@ impl fmt::Display for LayoutError {
     }
 }
 
-/// The poke slot of `cpu` in the fixmap window.
+/// The poke slot of `cpu` in the fixmap window (the manager's layout of it).
 pub fn fixmap_poke_slot(cpu: usize) -> u64 {
-    memory::plan().fixmap.start + (cpu as u64) * crate::mmu::PAGE_SIZE
+    crate::runtime::exec_pool::with_manager!(m => m.poke_slot(cpu))
+        .expect("exec_pool::init runs at boot, for every CPU of the board")
 }
 
 /// The 2 MiB block of the fixmap window used to fill a fresh pack before it is mapped executable.
 pub fn fixmap_fill_block() -> u64 {
-    memory::plan().fixmap.start + crate::mmu::BLOCK_SIZE_2M
+    crate::runtime::exec_pool::with_manager!(m => m.fill_block())
+        .expect("exec_pool::init runs at boot")
 }
 
 /// Checks the placed exec layout against the linked kernel: alignment, branch reach, no overlap.

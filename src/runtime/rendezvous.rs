@@ -19,8 +19,6 @@ use spin::Mutex;
 
 use crate::arch::aarch64::cpu;
 
-/// CPUs running the kernel, a bit each (by `cpu::cpu_id`): CPU 0 until the others come online.
-static ONLINE: AtomicU64 = AtomicU64::new(1);
 /// The round in progress (or the last one).
 static ROUND: AtomicUsize = AtomicUsize::new(0);
 /// The round being gathered in the upper 32 bits, and a bit per CPU that arrived for it below: a
@@ -33,16 +31,6 @@ static LEADER: Mutex<()> = Mutex::new(());
 
 /// How long a round waits for the other CPUs before it is given up.
 pub const ARRIVAL_TIMEOUT_MS: u64 = 2000;
-
-/// CPUs online.
-pub fn online_cpus() -> usize {
-    ONLINE.load(Ordering::Acquire).count_ones() as usize
-}
-
-/// Counts CPU `index` in: from now on every round waits for it.
-pub(crate) fn cpu_online(index: usize) {
-    ONLINE.fetch_or(1 << index, Ordering::AcqRel);
-}
 
 /// The round in progress or the last one: an idle CPU participates when it changes.
 pub(crate) fn current_round() -> usize {
@@ -65,7 +53,8 @@ pub fn stop_others_and_run(change: impl FnOnce()) -> Result<(), usize> {
     let _leader = LEADER.lock();
     let daif = DAIF.get();
     DAIF.write(DAIF::D::Masked + DAIF::A::Masked + DAIF::I::Masked + DAIF::F::Masked);
-    let others = ONLINE.load(Ordering::Acquire) & !(1 << cpu::cpu_id());
+    // Every CPU online (`runtime::smp`) but this one: a CPU counts as online once it serves rounds.
+    let others = crate::runtime::smp::online_mask() & !(1 << cpu::cpu_id());
     let round = ROUND.load(Ordering::Relaxed) + 1;
     ARRIVED.store(round_tag(round), Ordering::Relaxed);
     ROUND.store(round, Ordering::Release);

@@ -94,7 +94,7 @@ unsafe extern "C" {
     fn _start();
 }
 
-/// Bit per CPU that reached Rust.
+/// Bit per CPU that reached Rust and serves rounds and calls (the rendezvous waits for each).
 static ONLINE: AtomicU64 = AtomicU64::new(1);
 /// Each CPU's MIDR_EL1 and CTR_EL0, written as it comes online (CPU 0's at bring-up).
 static IDENTITY: [[AtomicU64; 2]; MAX_CPUS] =
@@ -289,7 +289,6 @@ fn past(deadline: u64) -> bool {
 extern "C" fn secondary_entry(index: u64) -> ! {
     let index = index as usize;
     record_identity(index);
-    rendezvous::cpu_online(index);
     ONLINE.fetch_or(1 << index, Ordering::AcqRel);
     barrier::dsb(barrier::ISH);
     aarch64_cpu::asm::sev();
