@@ -39,7 +39,7 @@ bench: setup
 	@echo "figures: $(BENCH_DIR)/results.txt and $(BENCH_DIR)/results.json"
 
 ## stress: every CPU at once allocating, JITting, calling (on another CPU) and freeing slots,
-## 100,000 operations per CPU, on each board in its first boot mode (make test runs 3,000)
+## 100,000 operations per CPU, on each board in its first boot mode (make test runs 1,000)
 stress: setup
 	for board in $(BOARDS); do \
 	    EXECMEM_BOARD=$$board EXECMEM_MODES=first EXECMEM_QEMU_TIMEOUT=7200 \

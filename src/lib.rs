@@ -34,6 +34,7 @@ pub mod machine;
 pub mod mmu;
 pub mod pack;
 pub mod poke;
+pub mod sync;
 
 #[cfg(target_arch = "aarch64")]
 pub mod arch;

@@ -263,7 +263,7 @@ fn gic_interrupts_are_usable_by_the_kernel() {
 
 /// Every CPU of the device tree (up to the kernel's stacks) came online at the kernel's level, in
 /// its address space, and runs what it is sent: each answers with its own MPIDR, exception level
-/// and translation root.
+/// and translation root, and its index is the place of its full MPIDR affinity in the index table.
 fn every_cpu_comes_online() {
     let expected = memory::machine().cpus.len().min(board::CPUS);
     let online = runtime::smp::online_mask();
@@ -272,15 +272,28 @@ fn every_cpu_comes_online() {
         online.count_ones()
     );
     assert_eq!(online.count_ones() as usize, expected);
+    /// Its index (bits 6:0), whether the index table names its own MPIDR affinity (bit 7), its
+    /// exception level and its translation root.
     fn identity(_: u64) -> u64 {
-        use aarch64_cpu::registers::MPIDR_EL1;
+        use core::sync::atomic::Ordering;
+        let index = runtime::smp::this_cpu();
+        let listed = runtime::boot::CPU_AFFINITY
+            .get(index)
+            .is_some_and(|a| a.load(Ordering::Relaxed) == cpu::mpidr_affinity());
         let root = runtime::mmu::hardware_root();
-        (MPIDR_EL1.get() & 0xff) | (u64::from(cpu::current_el()) << 8) | (root << 16)
+        (index as u64 & 0x7f)
+            | (u64::from(listed) << 7)
+            | (u64::from(cpu::current_el()) << 8)
+            | (root << 16)
     }
     let here = identity(0);
     for index in 0..expected {
         let answer = runtime::smp::run_on(index, identity, 0).expect("the CPU answers");
-        assert_eq!(answer & 0xff, index as u64, "CPU {index} runs it");
+        assert_eq!(answer & 0x7f, index as u64, "CPU {index} runs it");
+        assert!(
+            answer & 0x80 != 0,
+            "CPU {index}'s index comes from its own MPIDR affinity"
+        );
         assert_eq!(answer >> 8, here >> 8, "same level and tables as CPU 0");
     }
     assert_eq!(

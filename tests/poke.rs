@@ -47,7 +47,10 @@ fn main() {
             alias_is_gone_and_audit_clean_after_pokes,
             bad_inputs_are_refused_with_memory_unchanged,
             live_patch_while_other_cpus_call,
-            batch_patch_refused_while_a_cpu_is_busy,
+            batch_patch_while_other_cpus_call,
+            batch_patch_interrupts_a_busy_cpu,
+            rendezvous_names_a_cpu_that_never_arrives,
+            writes_are_published_to_every_cpu,
         ],
     );
     exec_pool::unmap_pack(pack()).expect("unmap");
@@ -302,29 +305,26 @@ fn bad_inputs_are_refused_with_memory_unchanged() {
 fn other_cpus() -> Vec<usize> {
     let online = runtime::smp::online_mask();
     (0..64)
-        .filter(|&c| online & (1 << c) != 0 && c != cpu::cpu_id())
+        .filter(|&c| online & (1 << c) != 0 && c != execmem::runtime::smp::this_cpu())
         .collect()
 }
 
 static STOP_CALLING: AtomicBool = AtomicBool::new(false);
-/// Per CPU: calls that returned the traced function's value, the tracer's, anything else.
+/// Per CPU: calls that returned the first target's value, the second's, anything else.
 static SEEN: [[AtomicU64; 3]; 4] = [const { [const { AtomicU64::new(0) }; 3] }; 4];
+/// The two values the function under patch returns, one per version.
+static VALUES: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
+static DIAG_ADDR: AtomicU64 = AtomicU64::new(0);
 
-/// Calls the function at `addr` until told to stop, counting what it returns. Each call follows
-/// an ISB: B2.2.5 lets a CPU see the old or the new instruction of a CMODX pair, but only a
-/// context synchronisation event makes the new one certain to be seen (without it QEMU keeps
-/// running the old one for seconds); that event is what the publication contract asks of the
-/// executing CPU.
+/// Calls the function at `addr` until told to stop, counting what it returns (no ISB before the
+/// calls: the patcher's publication is what makes each CPU see a change).
 fn call_until_stopped(addr: u64) -> u64 {
-    let me = cpu::cpu_id() % 4;
+    let me = execmem::runtime::smp::this_cpu() % 4;
+    let values = VALUES.each_ref().map(|v| v.load(Ordering::Acquire));
     let mut calls = 0;
     while !STOP_CALLING.load(Ordering::Acquire) {
-        aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
-        let slot = match call(addr) {
-            1 => 0,
-            1000 => 1,
-            _ => 2,
-        };
+        let value = u64::from(call(addr));
+        let slot = values.iter().position(|&v| v == value).unwrap_or(2);
         SEEN[me][slot].fetch_add(1, Ordering::Relaxed);
         calls += 1;
     }
@@ -349,13 +349,99 @@ fn seen(c: usize, what: usize) -> u64 {
     SEEN[c % 4][what].load(Ordering::Relaxed)
 }
 
-/// CPUs 1.. call a traced function in a loop (an ISB before each call) while this CPU turns its
-/// first instruction from NOP into B (to the tracer) and back with `patch_insn`, 200 times: every
+/// Starts `call_until_stopped(addr)` on every CPU of `others` (the function returns `values[0]`
+/// or `values[1]`) and waits until each has made a call.
+fn start_callers(others: &[usize], addr: u64, values: [u32; 2]) {
+    for (v, value) in VALUES.iter().zip(values) {
+        v.store(u64::from(value), Ordering::Release);
+    }
+    for row in &SEEN {
+        for counter in row {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+    STOP_CALLING.store(false, Ordering::Release);
+    for &c in others {
+        runtime::smp::start_on(c, call_until_stopped, addr).expect("post the loop");
+    }
+    assert!(
+        wait_for(|| others.iter().all(|&c| seen(c, 0) > 0)),
+        "the calling CPUs did not start"
+    );
+}
+
+/// After a change to `version` that was published: every caller makes calls on it, and runs
+/// the other version at most once more (the call it was in when its CPU synchronised). Returns
+/// the most stale calls seen on one CPU.
+fn check_change_seen(others: &[usize], version: usize) -> u64 {
+    let stale_before: Vec<u64> = others.iter().map(|&c| seen(c, 1 - version)).collect();
+    let new_before: Vec<u64> = others.iter().map(|&c| seen(c, version)).collect();
+    let ran_new = wait_for(|| {
+        others
+            .iter()
+            .zip(&new_before)
+            .all(|(&c, &before)| seen(c, version) > before + 2)
+    });
+    if !ran_new {
+        for ((&c, &old), &new) in others.iter().zip(&stale_before).zip(&new_before) {
+            println!(
+                "  CPU {c}: old version {old} -> {}, new version {new} -> {}, other {}",
+                seen(c, 1 - version),
+                seen(c, version),
+                seen(c, 2)
+            );
+        }
+        // Diagnosis: store the same instruction again and see whether the callers follow.
+        let at = DIAG_ADDR.load(Ordering::Relaxed);
+        if at != 0 {
+            let now = poke::read_insn(at).expect("read");
+            println!("  memory holds {now:#010x} at {at:#x}; storing it again");
+            poke::patch_insn(at, now, now).expect("same again");
+            poke::publish().expect("publish");
+            let again: Vec<u64> = others.iter().map(|&c| seen(c, version)).collect();
+            let followed = wait_for(|| {
+                others
+                    .iter()
+                    .zip(&again)
+                    .all(|(&c, &before)| seen(c, version) > before + 2)
+            });
+            println!("  after the second store the callers followed: {followed}");
+        }
+        panic!("a caller did not run the new version (version {version})");
+    }
+    let mut most = 0;
+    for ((&c, &before), _) in others.iter().zip(&stale_before).zip(&new_before) {
+        let stale = seen(c, 1 - version) - before;
+        assert!(
+            stale <= 1,
+            "CPU {c} ran the old version {stale} times after the change was published"
+        );
+        most = most.max(stale);
+    }
+    most
+}
+
+/// Stops the callers and checks that every call ran one of the two versions.
+fn stop_callers(others: &[usize]) -> [u64; 2] {
+    STOP_CALLING.store(true, Ordering::Release);
+    let mut runs = [0; 2];
+    for &c in others {
+        let calls = runtime::smp::finish(c, 20_000).expect("the loop ends");
+        let [first, second, other] = [0, 1, 2].map(|i| seen(c, i));
+        println!("  CPU {c}: {calls} calls: {first} + {second} of the two versions, {other} other");
+        assert_eq!(other, 0, "CPU {c} ran something else");
+        assert_eq!(first + second, calls);
+        runs[0] += first;
+        runs[1] += second;
+    }
+    runs
+}
+
+/// CPUs 1.. call a traced function in a loop while this CPU turns its first instruction from NOP
+/// into B (to the tracer) and back with `patch_insn`, 200 times, publishing each change: every
 /// call runs the traced function or the tracer, never anything else (a CMODX pair, one aligned
-/// store: B2.2.5 lets a CPU see the old or the new instruction, never a mix, a BRK or a fault).
-/// When each CPU sees each change is not asserted: it is only certain after that CPU's context
-/// synchronisation event following the patcher's maintenance, and QEMU's threads may not run for
-/// a while on a loaded host; the counts are printed.
+/// store: B2.2.5 lets a CPU see the old or the new instruction, never a mix, a BRK or a fault),
+/// and once the change is published each caller runs the old version at most once more.
 fn live_patch_while_other_cpus_call() {
     let others = other_cpus();
     if others.is_empty() {
@@ -370,45 +456,65 @@ fn live_patch_while_other_cpus_call() {
     code.push(insn::ret());
     write(&code);
     write(&return_const(tracer, 1000));
-    STOP_CALLING.store(false, Ordering::Release);
-    for &c in &others {
-        runtime::smp::start_on(c, call_until_stopped, traced).expect("post the loop");
-    }
-    // Every caller running before the first patch.
-    assert!(
-        wait_for(|| others.iter().all(|&c| seen(c, 0) > 0)),
-        "the calling CPUs did not start"
-    );
+    start_callers(&others, traced, [1, 1000]);
+    DIAG_ADDR.store(traced, Ordering::Relaxed);
     let branch = insn::b(traced, tracer).expect("in range");
-    let calls_so_far = || others.iter().map(|&c| seen(c, 0) + seen(c, 1)).sum::<u64>();
+    let mut stale = 0;
     for _ in 0..200 {
         poke::patch_insn(traced, insn::nop(), branch).expect("NOP -> B");
-        let before = calls_so_far();
-        // Let the callers make some calls on each version.
-        wait_for(|| calls_so_far() > before + 50);
+        poke::publish().expect("every CPU synchronises");
+        stale = stale.max(check_change_seen(&others, 1));
         poke::patch_insn(traced, branch, insn::nop()).expect("B -> NOP");
-        let before = calls_so_far();
-        wait_for(|| calls_so_far() > before + 50);
+        poke::publish().expect("every CPU synchronises");
+        stale = stale.max(check_change_seen(&others, 0));
     }
-    STOP_CALLING.store(true, Ordering::Release);
-    let mut tracer_seen = 0;
-    for &c in &others {
-        let calls = runtime::smp::finish(c, 20_000).expect("the loop ends");
-        let [traced_runs, tracer_runs, other] = [0, 1, 2].map(|i| seen(c, i));
-        println!(
-            "  CPU {c}: {calls} calls: {traced_runs} traced, {tracer_runs} tracer, {other} other"
-        );
-        assert_eq!(other, 0, "CPU {c} ran something else");
-        assert_eq!(traced_runs + tracer_runs, calls);
-        tracer_seen += tracer_runs;
-    }
-    println!("  the patched branch was run {tracer_seen} times on the other CPUs");
+    let [traced_runs, tracer_runs] = stop_callers(&others);
+    println!(
+        "  {traced_runs} traced, {tracer_runs} tracer runs; at most {stale} stale call per CPU \
+         after a publication"
+    );
     assert_eq!(poke::read_insn(traced), Ok(insn::nop()));
+}
+
+/// CPUs 1.. call a two-instruction function in a loop while this CPU swaps both instructions
+/// with `patch_batch` (not a CMODX pair: the others are stopped by SGI while busy), 100 times:
+/// every call returns one of the two versions' values (2 or 20), never a half-changed sequence
+/// (11), a BRK or a fault, and after each batch every caller runs the new version.
+fn batch_patch_while_other_cpus_call() {
+    let others = other_cpus();
+    if others.is_empty() {
+        println!("  one CPU online: nothing to race with");
+        return;
+    }
+    let at = pack() + 0xa000;
+    let version = |n: u16| {
+        [
+            insn::movz(W0, n, 0).expect("movz"),
+            insn::add_imm(W0, W0, n, false).expect("add"),
+        ]
+    };
+    let mut code = CodeBuf::new(at);
+    for i in version(1) {
+        code.push(i);
+    }
+    code.push(insn::ret());
+    write(&code);
+    start_callers(&others, at, [2, 20]);
+    for round in 0..100 {
+        let to = if round % 2 == 0 { 10 } else { 1 };
+        let [first, second] = version(to);
+        poke::patch_batch(&[(at, first), (at + 4, second)]).expect("the others stop by SGI");
+        check_change_seen(&others, usize::from(to == 10));
+    }
+    let [twos, twenties] = stop_callers(&others);
+    println!("  {twos} calls returned 2, {twenties} returned 20, none anything else");
+    assert!(twos > 0 && twenties > 0);
 }
 
 static BUSY_STARTED: AtomicBool = AtomicBool::new(false);
 
-/// Spins for about `ms` milliseconds, away from the idle loop (so it cannot join a rendezvous).
+/// Spins for about `ms` milliseconds, away from the idle loop, interrupts unmasked (an SGI
+/// reaches it).
 fn busy_for_ms(ms: u64) -> u64 {
     use aarch64_cpu::registers::{CNTPCT_EL0, Readable};
     BUSY_STARTED.store(true, Ordering::Release);
@@ -419,10 +525,46 @@ fn busy_for_ms(ms: u64) -> u64 {
     ms
 }
 
-/// A batch patch needs every other CPU stopped: with one of them busy (not in its idle loop) the
-/// rendezvous gives up after its timeout, names that CPU and writes nothing; once it is idle
-/// again the same batch goes through.
-fn batch_patch_refused_while_a_cpu_is_busy() {
+/// Spins for about `ms` milliseconds with interrupts masked: a CPU that cannot be reached.
+fn busy_masked_for_ms(ms: u64) -> u64 {
+    runtime::irq::without_interrupts(|| busy_for_ms(ms))
+}
+
+/// Posts `f(ms)` to `cpu` and waits until it runs.
+fn make_busy(cpu: usize, f: fn(u64) -> u64, ms: u64) {
+    BUSY_STARTED.store(false, Ordering::Release);
+    runtime::smp::start_on(cpu, f, ms).expect("post");
+    assert!(
+        wait_for(|| BUSY_STARTED.load(Ordering::Acquire)),
+        "CPU {cpu} did not start"
+    );
+}
+
+/// A busy CPU (interrupts unmasked) is stopped by the rendezvous SGI: the batch runs while it is
+/// busy, and its work goes on afterwards.
+fn batch_patch_interrupts_a_busy_cpu() {
+    let others = other_cpus();
+    let Some(&busy) = others.first() else {
+        println!("  one CPU online: no CPU to be busy");
+        return;
+    };
+    let at = pack() + 0x9000;
+    write(&return_const(at, 5));
+    make_busy(busy, busy_for_ms, 3000);
+    let new = insn::movz(W0, 6, 0).expect("movz");
+    poke::patch_batch(&[(at, new)]).expect("the busy CPU is interrupted into the round");
+    assert_eq!(call(at), 6);
+    assert_eq!(
+        runtime::smp::finish(busy, 10_000),
+        Ok(3000),
+        "its work went on"
+    );
+}
+
+/// A CPU that never arrives (busy with interrupts masked past the rendezvous timeout) makes the
+/// batch fail with its name, nothing written, the other CPUs let go; once it is back the same
+/// batch runs and every CPU runs the new code.
+fn rendezvous_names_a_cpu_that_never_arrives() {
     let others = other_cpus();
     let Some(&busy) = others.first() else {
         println!("  one CPU online: no CPU to be busy");
@@ -431,19 +573,17 @@ fn batch_patch_refused_while_a_cpu_is_busy() {
     let at = pack() + 0x9000;
     write(&return_const(at, 5));
     let new = insn::movz(W0, 6, 0).expect("movz");
-    BUSY_STARTED.store(false, Ordering::Release);
-    runtime::smp::start_on(busy, busy_for_ms, 4000).expect("post");
-    // Busy for real: out of its idle loop (a round posted before it picks up the call is joined).
-    assert!(
-        wait_for(|| BUSY_STARTED.load(Ordering::Acquire)),
-        "CPU {busy} did not start"
+    make_busy(
+        busy,
+        busy_masked_for_ms,
+        runtime::rendezvous::ARRIVAL_TIMEOUT_MS + 2000,
     );
     let refused = poke::patch_batch(&[(at, new)]);
-    println!("  with CPU {busy} busy: {refused:?}");
+    println!("  with CPU {busy} busy, interrupts masked: {refused:?}");
     assert_eq!(refused, Err(PokeError::CpuNotStopped { cpu: busy }));
     assert_eq!(call(at), 5, "nothing was written");
-    assert_eq!(runtime::smp::finish(busy, 10_000), Ok(4000));
-    poke::patch_batch(&[(at, new)]).expect("every CPU idle: the batch runs");
+    assert!(runtime::smp::finish(busy, 10_000).is_ok());
+    poke::patch_batch(&[(at, new)]).expect("every CPU reachable: the batch runs");
     assert_eq!(call(at), 6);
     for &c in &others {
         fn call_it(addr: u64) -> u64 {
@@ -455,4 +595,59 @@ fn batch_patch_refused_while_a_cpu_is_busy() {
             "CPU {c} runs the new code"
         );
     }
+}
+
+/// The publication contract: when a write returns, every other online CPU has answered its
+/// request (executed an ISB after the code was complete), busy CPUs included; one that cannot be
+/// reached makes the write return `NotSynchronised` naming it, with the code written.
+fn writes_are_published_to_every_cpu() {
+    let others = other_cpus();
+    if others.is_empty() {
+        println!("  one CPU online: nobody to publish to");
+        return;
+    }
+    let answered = || -> Vec<u64> {
+        others
+            .iter()
+            .map(|&c| runtime::smp::requests_answered(c))
+            .collect()
+    };
+    let at = pack() + 0xb000;
+    let publish = |value: u16| poke::text_copy(at, &return_const(at, value).as_bytes());
+    // Idle CPUs.
+    let before = answered();
+    publish(7).expect("write");
+    let after = answered();
+    for ((&c, b), a) in others.iter().zip(&before).zip(&after) {
+        assert!(
+            a > b,
+            "CPU {c} did not answer the write's publication ({b} -> {a})"
+        );
+    }
+    // One busy CPU, interrupts unmasked: reached by SGI.
+    let busy = others[0];
+    make_busy(busy, busy_for_ms, 2000);
+    let before = runtime::smp::requests_answered(busy);
+    publish(8).expect("write");
+    assert!(
+        runtime::smp::requests_answered(busy) > before,
+        "the busy CPU answered"
+    );
+    assert!(runtime::smp::finish(busy, 10_000).is_ok());
+    fn call_it(addr: u64) -> u64 {
+        u64::from(call(addr))
+    }
+    assert_eq!(runtime::smp::run_on(busy, call_it, at), Ok(8));
+    // One CPU unreachable: the code is written, the error names it.
+    make_busy(
+        busy,
+        busy_masked_for_ms,
+        runtime::smp::SYNCHRONISE_TIMEOUT_MS + 1000,
+    );
+    let result = publish(9);
+    println!("  with CPU {busy} unreachable: {result:?}");
+    assert_eq!(result, Err(PokeError::NotSynchronised { cpu: busy }));
+    assert_eq!(call(at), 9, "the code is written");
+    assert!(runtime::smp::finish(busy, 10_000).is_ok());
+    assert_eq!(runtime::smp::run_on(busy, call_it, at), Ok(9));
 }

@@ -16,6 +16,10 @@ pub const NAME: &str = "rpi4";
 pub const DESCRIPTION: &str = "Raspberry Pi 4 Model B, BCM2711, Cortex-A72, GIC-400, PL011";
 /// CPUs the kernel can run (the secondaries wait on the firmware's spin table at 0xd8..0xf0).
 pub const CPUS: usize = 4;
+/// The CPUs (MPIDR affinity) the loader may start at the kernel's entry together with the boot
+/// CPU: QEMU raspi4b with an ELF kernel starts all four there (the firmware's spin table holds
+/// them back on a real Pi).
+pub const STARTED_WITH_BOOT_CPU: &[u64] = &[1, 2, 3];
 /// Where the loader may leave a device tree without passing it in x0: the Pi firmware and QEMU's
 /// raw-image boot pass its address in x0; QEMU raspi4b with an ELF kernel copies it to the start of
 /// RAM and leaves x0 = 0. (On a real Pi the firmware's armstub is there, which has no FDT magic.)

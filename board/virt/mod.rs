@@ -13,6 +13,9 @@ pub const NAME: &str = "virt";
 pub const DESCRIPTION: &str = "QEMU virt, Cortex-A72, GICv2, PL011";
 /// CPUs the kernel can run (it has a boot stack and a poke slot for each).
 pub const CPUS: usize = 4;
+/// The CPUs (MPIDR affinity) the loader starts at the kernel's entry together with the boot CPU:
+/// none, QEMU starts the others powered off (PSCI `CPU_ON`).
+pub const STARTED_WITH_BOOT_CPU: &[u64] = &[];
 /// Where the loader may leave a device tree without passing it in x0: QEMU puts it at the start
 /// of RAM for an ELF kernel (x0 = 0); its raw-image boot passes the address in x0.
 pub const DEVICE_TREE_PROBE: Option<u64> = Some(0x4000_0000);

@@ -32,6 +32,7 @@
 //! entries inside its two windows: every table it needs is created at init, so it never races
 //! with the kernel's own changes to other parts of the tables.
 
+mod lock;
 mod poke;
 mod pool;
 
@@ -40,7 +41,9 @@ use core::ops::Range;
 use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use aarch64_cpu::registers::{DAIF, Readable, Writeable};
-use spin::{Mutex, Once, RwLock};
+use spin::Once;
+
+use lock::{IrqMutex, IrqRwLock};
 
 use crate::arch::aarch64::mmu::BroadcastTlb;
 use crate::layout::Region;
@@ -101,6 +104,25 @@ pub trait Platform: Sized + 'static {
     /// `change` is not run and the error names that CPU: the patch is refused, nothing written.
     fn stop_others_and_run(change: &mut dyn FnMut()) -> Result<(), NotStopped>;
 
+    /// Publishes new code to every other CPU that may execute exec memory (Linux
+    /// `kick_all_cpus_sync`): makes each of them execute a context synchronisation event (an
+    /// ISB, or taking an interrupt) after this call began, and returns once each has. The
+    /// manager calls it after a write's cache maintenance is complete and with none of its locks
+    /// held; from its return any CPU may branch to the code (Arm ARM B2.4.4). A kernel with one
+    /// CPU online returns `Ok(())`. It may be called with interrupts masked, so while it waits it
+    /// must answer the other CPUs' requests itself. A CPU that does not answer in time is named
+    /// in the error: the code is written, and that CPU may run what was there before until it
+    /// next synchronises.
+    fn synchronise_others() -> Result<(), NotSynchronised>;
+
+    /// What a CPU does in each turn of waiting for one of the manager's locks, which it takes
+    /// with interrupts masked. A kernel whose other CPUs may wait for this one (a stop-the-world
+    /// round, [`Platform::synchronise_others`]) serves their requests here, or a CPU waiting for
+    /// a lock held by a stopped CPU never arrives. The default is a spin-loop hint.
+    fn relax() {
+        core::hint::spin_loop();
+    }
+
     /// Masks every interrupt on this CPU and returns what to restore: while a CPU's writable
     /// alias exists nothing else may run on it. The default saves DAIF and masks D, A, I and F.
     fn mask_interrupts() -> u64 {
@@ -113,6 +135,13 @@ pub trait Platform: Sized + 'static {
     fn restore_interrupts(saved: u64) {
         DAIF.set(saved);
     }
+}
+
+/// A CPU that did not answer [`Platform::synchronise_others`] in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotSynchronised {
+    /// Its index.
+    pub cpu: usize,
 }
 
 /// A CPU that [`Platform::stop_others_and_run`] could not stop.
@@ -253,18 +282,18 @@ pub struct ExecManager<P: Platform> {
     /// the fixmap's first slot, the CPU count. Zero before init: no address is in the pool.
     hot: Hot,
     /// The kernel's tables, adopted: the manager maps packs and the fill block through them.
-    tables: Mutex<Option<AddressSpace<P::Regime, P::Tables>>>,
+    tables: IrqMutex<P, Option<KernelSpace<P>>>,
     /// Frames and the pack → frame records.
-    pool: RwLock<Option<Pool<P::Frames>>>,
+    pool: IrqRwLock<P, Option<Pool<P::Frames>>>,
     /// The level-3 entry of each CPU's poke slot (stable: tables are never freed).
     slot_entries: [AtomicPtr<u64>; MAX_CPUS],
     /// Packs the allocator released, unmapped once its lock is dropped.
-    released: Mutex<ReleasedPacks>,
+    released: IrqMutex<P, ReleasedPacks>,
     /// Serialises patches of live code (Linux `text_mutex`).
-    patch_lock: Mutex<()>,
+    patch_lock: IrqMutex<P, ()>,
     /// 4 KiB alias mappings made so far, for reports and tests.
     alias_maps: AtomicUsize,
-    allocator: Once<Mutex<PackAllocator<Backend<P>>>>,
+    allocator: Once<IrqMutex<P, PackAllocator<Backend<P>>>>,
 }
 
 impl<P: Platform> Default for ExecManager<P> {
@@ -284,11 +313,11 @@ impl<P: Platform> ExecManager<P> {
                 fixmap: AtomicU64::new(0),
                 cpus: AtomicUsize::new(0),
             },
-            tables: Mutex::new(None),
-            pool: RwLock::new(None),
+            tables: IrqMutex::new(None),
+            pool: IrqRwLock::new(None),
             slot_entries: [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS],
-            released: Mutex::new(ReleasedPacks::new()),
-            patch_lock: Mutex::new(()),
+            released: IrqMutex::new(ReleasedPacks::new()),
+            patch_lock: IrqMutex::new(()),
             alias_maps: AtomicUsize::new(0),
             allocator: Once::new(),
         }
@@ -358,7 +387,7 @@ impl<P: Platform> ExecManager<P> {
         // Nothing is stored until every step that can fail has succeeded.
         *self.tables.lock() = Some(space);
         *self.pool.write() = Some(Pool::new(frames, config.pool));
-        self.allocator.call_once(|| Mutex::new(allocator));
+        self.allocator.call_once(|| IrqMutex::new(allocator));
         self.hot
             .pool_start
             .store(config.pool.start, Ordering::Relaxed);
@@ -379,7 +408,7 @@ impl<P: Platform> ExecManager<P> {
         self.config.get()
     }
 
-    fn allocator(&self) -> Result<&Mutex<PackAllocator<Backend<P>>>, AllocError> {
+    fn allocator(&self) -> Result<&IrqMutex<P, PackAllocator<Backend<P>>>, AllocError> {
         self.allocator.get().ok_or(AllocError::Uninitialised)
     }
 
@@ -456,11 +485,32 @@ impl<P: Platform> ExecManager<P> {
         }
     }
 
-    /// Writes `code` at `offset` into `slot` through the text poke; refuses a handle that is not
-    /// a live slot of exactly its size (one rebuilt by [`ExecSlot::from_raw`] with a wrong pair),
-    /// and anything that would run past the slot (an offset too large for the address space
-    /// included).
+    /// Writes `code` at `offset` into `slot` through the text poke and publishes it: when this
+    /// returns, any CPU may branch to it (the publication contract: [`ExecManager::publish`]).
+    /// Refuses a handle that is not a live slot of exactly its size (one rebuilt by
+    /// [`ExecSlot::from_raw`] with a wrong pair), and anything that would run past the slot (an
+    /// offset too large for the address space included).
     pub fn write(&self, slot: &ExecSlot, offset: usize, code: &[u8]) -> Result<(), PokeError> {
+        self.write_all(&[(slot, offset, code)])
+    }
+
+    /// Several writes, published once (a module's sections, a batch of programs): every write is
+    /// checked as [`ExecManager::write`] checks it before any is made, so a refusal writes
+    /// nothing; then all are made, then one publication covers them.
+    pub fn write_all(&self, writes: &[(&ExecSlot, usize, &[u8])]) -> Result<(), PokeError> {
+        for &(slot, offset, code) in writes {
+            self.check_write(slot, offset, code)?;
+        }
+        for &(slot, offset, code) in writes {
+            let region = slot.region();
+            let dst = crate::poke::offset_in(region, offset)?;
+            self.copy_unpublished(region, dst, code)?;
+        }
+        self.publish()
+    }
+
+    /// Refuses what [`ExecManager::write`] refuses, writing nothing.
+    fn check_write(&self, slot: &ExecSlot, offset: usize, code: &[u8]) -> Result<(), PokeError> {
         let live = SlotInfo {
             addr: slot.addr(),
             size: slot.size(),
@@ -473,7 +523,7 @@ impl<P: Platform> ExecManager<P> {
         }
         let region = slot.region();
         let dst = crate::poke::offset_in(region, offset)?;
-        self.text_copy_within(region, dst, code)
+        crate::poke::check_range(dst, code.len(), region)
     }
 
     /// The mapped packs with their frames, as the pool records them.
@@ -505,6 +555,9 @@ impl<P: Platform> ExecManager<P> {
         }
     }
 }
+
+/// The kernel's tables, as the manager adopted them.
+type KernelSpace<P> = AddressSpace<<P as Platform>::Regime, <P as Platform>::Tables>;
 
 /// The hot copy of the configuration.
 struct Hot {
@@ -580,8 +633,9 @@ impl<P: Platform> PackBackend for Backend<P> {
     fn fill_brk(&mut self, va: u64, len: usize) -> Result<(), BackendError> {
         // The allocator passes whole chunks of a slot it owns, inside a mapped pack.
         let brk = crate::poke::insn::brk(0);
+        let region = ExecRegion::slot(va, va + len as u64);
         self.manager
-            .text_set(va, brk, len / crate::poke::insn::INSN_BYTES)
+            .set_unpublished(region, va, brk, len / crate::poke::insn::INSN_BYTES)
             .map_err(|_| BackendError::Refill)
     }
 }

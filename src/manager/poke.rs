@@ -45,14 +45,28 @@ impl<P: Platform> ExecManager<P> {
         Ok(ExecRegion::pack(start, start + BLOCK_SIZE_2M))
     }
 
-    /// Copies `src` to exec address `dst` (Linux `text_poke_copy`). The range must lie in one
-    /// mapped pack.
+    /// Copies `src` to exec address `dst` (Linux `text_poke_copy`) and publishes it: when this
+    /// returns, any CPU may branch to the new code ([`ExecManager::publish`]). The range must lie
+    /// in one mapped pack.
     pub fn text_copy(&self, dst: u64, src: &[u8]) -> Result<(), PokeError> {
         self.text_copy_within(self.pack_of(dst)?, dst, src)
     }
 
-    /// Copies `src` to `dst`, which must stay inside `region` (a slot or a pack).
+    /// Copies `src` to `dst`, which must stay inside `region` (a slot or a pack), and publishes
+    /// it.
     pub fn text_copy_within(
+        &self,
+        region: ExecRegion,
+        dst: u64,
+        src: &[u8],
+    ) -> Result<(), PokeError> {
+        self.copy_unpublished(region, dst, src)?;
+        self.publish()
+    }
+
+    /// The copy of [`ExecManager::text_copy_within`], without the publication (the caller
+    /// publishes once for several).
+    pub(super) fn copy_unpublished(
         &self,
         region: ExecRegion,
         dst: u64,
@@ -69,13 +83,26 @@ impl<P: Platform> ExecManager<P> {
     }
 
     /// Writes `count` copies of the instruction `insn` from `dst` (Linux `aarch64_insn_set`),
-    /// e.g. BRK.
+    /// e.g. BRK, and publishes them.
     pub fn text_set(&self, dst: u64, insn: u32, count: usize) -> Result<(), PokeError> {
         self.text_set_within(self.pack_of(dst)?, dst, insn, count)
     }
 
     /// [`ExecManager::text_set`] limited to `region`.
     pub fn text_set_within(
+        &self,
+        region: ExecRegion,
+        dst: u64,
+        insn: u32,
+        count: usize,
+    ) -> Result<(), PokeError> {
+        self.set_unpublished(region, dst, insn, count)?;
+        self.publish()
+    }
+
+    /// The stores of [`ExecManager::text_set_within`], without the publication: the BRK refill
+    /// of a freed slot (published by the next write of the range, before anyone may call it).
+    pub(super) fn set_unpublished(
         &self,
         region: ExecRegion,
         dst: u64,
@@ -101,6 +128,17 @@ impl<P: Platform> ExecManager<P> {
         })
     }
 
+    /// Publishes what this CPU wrote to exec memory to every other CPU
+    /// ([`super::Platform::synchronise_others`], Linux `kick_all_cpus_sync`): each executes a
+    /// context synchronisation event, and from the return any CPU may branch to the code. Every
+    /// write ([`ExecManager::write`], [`ExecManager::text_copy`], [`ExecManager::text_set`])
+    /// ends with it; call it directly after [`ExecManager::patch_insn`] to know that no CPU runs
+    /// the old instruction any more, or before reusing memory that a freed slot's callers may
+    /// still be in.
+    pub fn publish(&self) -> Result<(), PokeError> {
+        P::synchronise_others().map_err(|e| PokeError::NotSynchronised { cpu: e.cpu })
+    }
+
     /// Reads the instruction at exec address `addr` (exec memory is readable).
     pub fn read_insn(&self, addr: u64) -> Result<u32, PokeError> {
         read_mapped(&self.pool.read(), addr)
@@ -110,6 +148,10 @@ impl<P: Platform> ExecManager<P> {
     /// 32-bit store, allowed only when both the old and the new instruction are in the CMODX set
     /// (Arm ARM B2.2.5), so every CPU executes either the old or the new one. `expected_old`
     /// must match what is there. Any other change needs [`ExecManager::patch_batch`].
+    ///
+    /// Not published (as Linux's `aarch64_insn_patch_text_nosync`): another CPU runs the new
+    /// instruction from its next context synchronisation event at the latest;
+    /// [`ExecManager::publish`] makes that every CPU's present.
     pub fn patch_insn(&self, addr: u64, expected_old: u32, new: u32) -> Result<(), PokeError> {
         let _patching = self.patch_lock.lock();
         let records = self.pool.read();
@@ -190,7 +232,7 @@ impl<P: Platform> ExecManager<P> {
     /// [`Self::store_through_alias`], then one cache-maintenance pass over the whole range.
     fn write_through_alias(
         &self,
-        records: &Records<'_, P::Frames>,
+        records: &Records<'_, P>,
         dst: u64,
         len: usize,
         write: impl FnMut(*mut u8, usize, usize),
@@ -213,7 +255,7 @@ impl<P: Platform> ExecManager<P> {
     /// meanwhile.
     fn store_through_alias(
         &self,
-        records: &Records<'_, P::Frames>,
+        records: &Records<'_, P>,
         (checked_cpu, checked_slot): (usize, (u64, *mut u64)),
         dst: u64,
         len: usize,
@@ -267,7 +309,7 @@ impl<P: Platform> ExecManager<P> {
 /// every pack it touches is mapped in the held `records`: a region the caller built may span packs
 /// (a large slot) or reach past the pool, and nothing is written unless all of it is exec memory.
 fn check_mapped<F: super::PackFrames>(
-    records: &Records<'_, F>,
+    records: &Option<super::pool::Pool<F>>,
     dst: u64,
     len: usize,
 ) -> Result<(), PokeError> {
@@ -283,7 +325,7 @@ fn check_mapped<F: super::PackFrames>(
 
 /// The instruction at `addr`, which must be aligned and in a pack the held `records` show mapped.
 fn read_mapped<F: super::PackFrames>(
-    records: &Records<'_, F>,
+    records: &Option<super::pool::Pool<F>>,
     addr: u64,
 ) -> Result<u32, PokeError> {
     poke::check_insn_aligned(addr)?;

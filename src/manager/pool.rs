@@ -151,10 +151,11 @@ pub(crate) fn fill_block(config: &Config) -> u64 {
 
 /// Records, read-locked: while a `Records` lives no pack can be unmapped or its frame reused, so
 /// a physical address looked up through it stays the one behind the exec address.
-pub(super) type Records<'a, F> = spin::RwLockReadGuard<'a, Option<Pool<F>>>;
+pub(super) type Records<'a, P> =
+    super::lock::IrqReadGuard<'a, P, Option<Pool<<P as super::Platform>::Frames>>>;
 
 /// The physical address behind `va` in the held records.
-pub(super) fn exec_pa<F: PackFrames>(records: &Records<'_, F>, va: u64) -> Option<u64> {
+pub(super) fn exec_pa<F: PackFrames>(records: &Option<Pool<F>>, va: u64) -> Option<u64> {
     records.as_ref()?.exec_pa(va)
 }
 

@@ -156,6 +156,12 @@ pub enum PokeError {
         /// The CPU that did not stop.
         cpu: usize,
     },
+    /// The code is written, but this CPU did not answer the publication in time (interrupts
+    /// masked that long, or hung): it may run what was there before until it next synchronises.
+    NotSynchronised {
+        /// The CPU that did not answer.
+        cpu: usize,
+    },
     /// This CPU has no poke slot: its index is not below the manager's CPU count.
     NoPokeSlot {
         /// The index the platform gave.
@@ -215,6 +221,11 @@ impl fmt::Display for PokeError {
             Self::CpuNotStopped { cpu } => write!(
                 f,
                 "CPU {cpu} did not stop for the batch patch; nothing was written"
+            ),
+            Self::NotSynchronised { cpu } => write!(
+                f,
+                "the code is written, but CPU {cpu} did not synchronise in time and may still \
+                 run what was there before"
             ),
             Self::NoPokeSlot { cpu } => {
                 write!(

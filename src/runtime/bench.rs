@@ -391,6 +391,107 @@ fn workload_text(config: &Config, out: &mut Vec<Figure>) {
     let _ = slot::free(target);
 }
 
+/// One CPU's cost of answering a publication request, measured on that CPU: `n` times an
+/// [`crate::runtime::gic::SGI_SYNC`] sent to itself, taken (exception entry with the full frame),
+/// answered (GIC acknowledge, ISB, the answer, end of interrupt) and returned from. Instructions
+/// per answer, the send included.
+fn answer_cost(n: u64) -> u64 {
+    pmu::init();
+    let start = pmu::instructions();
+    for _ in 0..n {
+        crate::runtime::gic::send_to_self(crate::runtime::gic::SGI_SYNC);
+        // The interrupt is taken within a few instructions of the write reaching the GIC.
+        aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
+    }
+    u64::from(pmu::instructions().wrapping_sub(start)) / n.max(1)
+}
+
+/// (f) The publication contract's cost: `publish` alone on the writing CPU with the others online
+/// and idle, one answer on a receiving CPU, and a 4-byte slot write published each time against
+/// sixteen published once (`write_all`), per write.
+fn workload_publish(config: &Config, out: &mut Vec<Figure>) {
+    let online = crate::runtime::smp::online_mask();
+    let others = (1..64).filter(|&c| online & (1 << c) != 0).count();
+    let reps = config.copy_reps;
+    let publish = median_per_op(config.rounds, reps, || {
+        for _ in 0..reps {
+            let _ = poke::publish();
+        }
+    });
+    let answer = (1..64)
+        .find(|&c| online & (1 << c) != 0)
+        .and_then(|c| crate::runtime::smp::run_on(c, answer_cost, reps as u64).ok());
+    let slots: Vec<_> = (0..16).filter_map(|_| slot::alloc(64).ok()).collect();
+    let code = insn::ret().to_le_bytes();
+    let each = median_per_op(config.rounds, reps * slots.len(), || {
+        for _ in 0..reps {
+            for s in &slots {
+                let _ = slot::write(s, 0, &code);
+            }
+        }
+    });
+    let writes: Vec<(&crate::manager::ExecSlot, usize, &[u8])> =
+        slots.iter().map(|s| (s, 0, &code[..])).collect();
+    let batched = median_per_op(config.rounds, reps * slots.len(), || {
+        for _ in 0..reps {
+            let _ = slot::write_all(&writes);
+        }
+    });
+    println!(
+        "(f) publication to {others} other CPUs (an SGI each; each answers with an ISB), instructions"
+    );
+    println!("    publish alone, on the writing CPU: {publish}");
+    match answer {
+        Some(answer) => println!("    one answer, on a receiving CPU: {answer}"),
+        None => println!("    one answer, on a receiving CPU: no other CPU online"),
+    }
+    println!(
+        "    4-byte slot write, published each time: {each}; {} written, published once (write_all): {batched} per write",
+        slots.len()
+    );
+    println!(
+        "    without the publication a write would cost about {} here, and every CPU would owe an ISB before each first call",
+        each.saturating_sub(publish)
+    );
+    for (workload, allocator, params, value) in [
+        (
+            "publish",
+            "execmem",
+            alloc::format!("\"cpus\": {}", others + 1),
+            publish,
+        ),
+        (
+            "publish_answer",
+            "execmem",
+            alloc::format!("\"cpus\": {}", others + 1),
+            answer.unwrap_or(0),
+        ),
+        (
+            "slot_write_published",
+            "execmem",
+            String::from("\"bytes\": 4, \"batch\": 1"),
+            each,
+        ),
+        (
+            "slot_write_published",
+            "execmem",
+            alloc::format!("\"bytes\": 4, \"batch\": {}", slots.len()),
+            batched,
+        ),
+    ] {
+        out.push(Figure {
+            workload,
+            allocator,
+            params,
+            value,
+            unit: "instructions",
+        });
+    }
+    for s in slots {
+        let _ = slot::free(s);
+    }
+}
+
 /// Alloc+free pairs of a 64-byte slot on the kernel's manager (the real backend: BRK refill through
 /// the poke, locks), `pairs` of them, on the calling CPU: instructions per pair.
 fn slot_pairs(pairs: u64) -> u64 {
@@ -495,6 +596,7 @@ pub fn run(scale: Scale) {
     workload_pairs(&config, &mut figures);
     workload_churn(&config, &mut figures);
     workload_text(&config, &mut figures);
+    workload_publish(&config, &mut figures);
     workload_smp(&config, &mut figures);
 
     let mut json = String::from("[\n");

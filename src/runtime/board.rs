@@ -1,7 +1,8 @@
 //! The board the kernel is built for: exactly one of the `board-*` features, each a folder under
 //! `board/` (memory map, UART, QEMU flags, boot files) whose `mod.rs` is included here.
 //!
-//! Every board module provides: `NAME`, `DESCRIPTION`, `CPUS`, `DEVICE_TREE_PROBE` (where a loader
+//! Every board module provides: `NAME`, `DESCRIPTION`, `CPUS`, `STARTED_WITH_BOOT_CPU` (CPUs its
+//! loader may start at the entry with the boot CPU), `DEVICE_TREE_PROBE` (where a loader
 //! may leave a tree without passing it in x0), `STATIC_RAM` (RAM every variant has), `UART`,
 //! `UART_CLOCK_HZ`, `TIMER_HZ`, `OTHER_DEVICES`, `NEEDS` (what to place in RAM), `static_machine()`
 //! (the fallback when no device tree is found) and `init_console_pins()`. RAM, CPUs and the GIC,

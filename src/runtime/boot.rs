@@ -15,6 +15,36 @@ core::arch::global_asm!(
     STACK_SLOT = const STACK_GUARD_SIZE + STACK_SIZE,
 );
 
+/// "No CPU" in [`CPU_AFFINITY`].
+pub const NO_CPU: u64 = u64::MAX;
+
+/// The MPIDR_EL1 affinity (Aff3 << 32 | Aff2..Aff0) of each CPU index, [`NO_CPU`] where none:
+/// boot.s gives a CPU the index where it finds its affinity, from 1; a CPU not there is the boot
+/// CPU (index 0, which records itself here), and any later one stays parked. Before the kernel
+/// has read the device tree it lists the CPUs the board's loader starts together with the boot
+/// CPU (`board::STARTED_WITH_BOOT_CPU`); `runtime::smp` then adds the tree's other CPUs before it
+/// starts them. In `.data` so that it is valid before .bss is cleared; read with the MMU off.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".data")]
+pub static CPU_AFFINITY: [core::sync::atomic::AtomicU64; MAX_CPUS] = initial_affinity();
+
+const fn initial_affinity() -> [core::sync::atomic::AtomicU64; MAX_CPUS] {
+    let mut table = [const { core::sync::atomic::AtomicU64::new(NO_CPU) }; MAX_CPUS];
+    let started = crate::runtime::board::STARTED_WITH_BOOT_CPU;
+    let mut i = 0;
+    while i < started.len() && i + 1 < MAX_CPUS {
+        table[i + 1] = core::sync::atomic::AtomicU64::new(started[i]);
+        i += 1;
+    }
+    table
+}
+
+/// The affinity fields of an MPIDR_EL1 value (Aff3, Aff2, Aff1, Aff0), as [`CPU_AFFINITY`] holds
+/// them and as PSCI `CPU_ON` and the device tree's `reg` name a CPU.
+pub const fn affinity(mpidr: u64) -> u64 {
+    mpidr & 0xff_00ff_ffff
+}
+
 /// Entry addresses for parked secondary CPUs, indexed by CPU number (0 = never used). In `.data`
 /// so that it reads as zero before .bss is cleared.
 #[unsafe(no_mangle)]

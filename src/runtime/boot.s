@@ -9,7 +9,8 @@
 // to go: it can raise a virtual SError, which is how the tests provoke one.
 //
 // Register use before Rust runs (no stack yet):
-//   x19 = this CPU's number (MPIDR_EL1.Aff0)     x20 = x0 at entry (device tree pointer, if any)
+//   x19 = this CPU's index (its MPIDR's place in CPU_AFFINITY; 0 for the boot CPU)
+//   x20 = x0 at entry (device tree pointer, if any)
 //   x21 = exception level at entry (1..3)
 
 .equ SPSR_EL1H_DAIF_MASKED, 0x3c5      // M[3:0] = EL1h, D, A, I, F masked
@@ -35,8 +36,8 @@
 _start:
     msr     daifset, #0xf                   // whatever the loader left: no exception before vectors
     mov     x20, x0
-    mrs     x19, mpidr_el1
-    and     x19, x19, #0xff
+    bl      .Lcpu_index
+    msr     tpidrro_el0, x19                // this CPU's index, for Rust (runtime::smp::this_cpu)
     mrs     x21, CurrentEL
     lsr     x21, x21, #2
     cmp     x21, #3
@@ -238,6 +239,35 @@ _start:
     mov     sp, x0
     mov     x0, x19
     br      x3
+
+// x19 = this CPU's index: the place of its MPIDR affinity (Aff3..Aff0) in CPU_AFFINITY, from 1
+// (the other CPUs, written by CPU 0 from the device tree before it starts them, or the board's
+// list of CPUs its loader starts together with the boot CPU); a CPU not listed there is the boot
+// CPU, index 0, and records its affinity at CPU_AFFINITY[0] (any later one gets MAX_CPUS and
+// stays parked). Memory is read and written with the
+// MMU off (CPU 0 cleans the table to the point of coherency). Clobbers x1..x3.
+.Lcpu_index:
+    mrs     x1, mpidr_el1
+    ubfx    x2, x1, #32, #8                 // Aff3
+    and     x1, x1, #0xffffff               // Aff2..Aff0
+    orr     x1, x1, x2, lsl #32
+    adrp    x2, CPU_AFFINITY
+    add     x2, x2, :lo12:CPU_AFFINITY
+    mov     x19, #1
+1:  ldr     x3, [x2, x19, lsl #3]
+    cmp     x3, x1
+    b.eq    2f
+    add     x19, x19, #1
+    cmp     x19, #{MAX_CPUS}
+    b.lo    1b
+    ldr     x3, [x2]
+    cmn     x3, #1                          // CPU_AFFINITY[0] all ones: no boot CPU yet
+    b.ne    3f
+    mov     x19, #0
+    str     x1, [x2]
+    ret
+3:  mov     x19, #{MAX_CPUS}                // a CPU the kernel did not start: parked for good
+2:  ret
 
 // x0 = cpu -> x0 = top of that CPU's boot stack. Stacks sit above their guard page:
 // [guard][stack 0][guard][stack 1]... (see linker.ld). Clobbers x1, x2.

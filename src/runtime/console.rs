@@ -17,7 +17,9 @@ static CONSOLE: SpinMutex<Pl011> =
 /// [`super::locks_ready`]: with the MMU off a spin lock may never be acquired on real hardware).
 fn with_uart<T>(f: impl FnOnce(&mut Pl011) -> T) -> T {
     if super::locks_ready() {
-        f(&mut CONSOLE.lock())
+        // Interrupts masked while held: a handler on this CPU that prints does not wait for its
+        // own CPU.
+        crate::runtime::irq::without_interrupts(|| f(&mut CONSOLE.lock()))
     } else {
         // SAFETY: before locks are ready only CPU 0 runs, with interrupts masked; no reference
         // outlives this call.

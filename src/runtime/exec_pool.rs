@@ -14,7 +14,7 @@ use core::ops::Range;
 use buddy_system_allocator::FrameAllocator;
 
 use crate::arch::aarch64::cpu;
-use crate::manager::{Config, ExecManager, NotStopped, PackFrames, Platform};
+use crate::manager::{Config, ExecManager, NotStopped, NotSynchronised, PackFrames, Platform};
 use crate::mmu::control::RegimeControl;
 use crate::mmu::{El1And0, El2, El2And0, HeapTables, PackFrame, Violation};
 use crate::poke::cache::MaintenancePlan;
@@ -32,7 +32,16 @@ impl<R: RegimeControl> Platform for Demo<R> {
     type Frames = ExecFrames;
 
     fn cpu_index() -> usize {
-        cpu::cpu_id()
+        crate::runtime::smp::this_cpu()
+    }
+
+    fn synchronise_others() -> Result<(), NotSynchronised> {
+        crate::runtime::smp::synchronise_others().map_err(|cpu| NotSynchronised { cpu })
+    }
+
+    fn relax() {
+        crate::runtime::smp::serve_requests();
+        core::hint::spin_loop();
     }
 
     fn stop_others_and_run(change: &mut dyn FnMut()) -> Result<(), NotStopped> {

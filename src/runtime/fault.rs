@@ -7,6 +7,7 @@ use core::sync::atomic::{AtomicU8, Ordering, compiler_fence};
 use spin::Mutex;
 
 use crate::fault::{ExceptionClass, FaultReport};
+use crate::runtime::boot::MAX_CPUS;
 use crate::runtime::console::write_fmt_emergency;
 use crate::runtime::exception::{ExceptionFrame, VectorKind};
 
@@ -25,10 +26,15 @@ pub enum Resume {
 
 const DISARMED: u8 = 0;
 
-/// The resume policy of the one expected fault, or `DISARMED`. (One CPU runs tests today; the SMP
-/// issue makes this per-CPU.)
-static ARMED: AtomicU8 = AtomicU8::new(DISARMED);
-static CAUGHT: Mutex<Option<FaultReport>> = Mutex::new(None);
+/// Each CPU's resume policy for the one fault it expects, or `DISARMED`.
+static ARMED: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(DISARMED) }; MAX_CPUS];
+/// Each CPU's caught fault.
+static CAUGHT: [Mutex<Option<FaultReport>>; MAX_CPUS] = [const { Mutex::new(None) }; MAX_CPUS];
+
+/// This CPU's place in [`ARMED`] and [`CAUGHT`] (a CPU outside the table shares the last one).
+fn slot() -> usize {
+    crate::runtime::smp::this_cpu().min(MAX_CPUS - 1)
+}
 
 impl Resume {
     const fn encode(self) -> u8 {
@@ -40,31 +46,33 @@ impl Resume {
     }
 }
 
-/// Runs `f`, expecting it may raise one synchronous exception (with [`Resume::Skip`] or
+/// Runs `f` on this CPU, expecting it may raise one synchronous exception (with [`Resume::Skip`] or
 /// [`Resume::ReturnToCaller`]) or one SError (with [`Resume::Continue`]); returns the decoded report
 /// of that exception, or `None` if `f` ran without one. Any other exception is unexpected.
 pub fn catch(resume: Resume, f: impl FnOnce()) -> Option<FaultReport> {
-    *CAUGHT.lock() = None;
-    ARMED.store(resume.encode(), Ordering::SeqCst);
+    let cpu = slot();
+    *CAUGHT[cpu].lock() = None;
+    ARMED[cpu].store(resume.encode(), Ordering::SeqCst);
     compiler_fence(Ordering::SeqCst);
     f();
     compiler_fence(Ordering::SeqCst);
-    ARMED.store(DISARMED, Ordering::SeqCst);
-    CAUGHT.lock().take()
+    ARMED[cpu].store(DISARMED, Ordering::SeqCst);
+    CAUGHT[cpu].lock().take()
 }
 
 /// Synchronous exceptions and SErrors (called by the arch layer).
 pub(crate) fn on_exception(kind: VectorKind, report: FaultReport, frame: &mut ExceptionFrame) {
     // A load and a store, not a swap: this also runs before the MMU is on, where an atomic
     // read-modify-write may never complete (see `runtime::locks_ready`).
-    let armed = ARMED.load(Ordering::SeqCst);
-    ARMED.store(DISARMED, Ordering::SeqCst);
+    let cpu = slot();
+    let armed = ARMED[cpu].load(Ordering::SeqCst);
+    ARMED[cpu].store(DISARMED, Ordering::SeqCst);
     let serror = report.class() == ExceptionClass::SError;
     let expected = armed != DISARMED
         && kind.source() == "current EL, SP_ELx"
         && serror == (armed == Resume::Continue.encode());
     if expected {
-        *CAUGHT.lock() = Some(report);
+        *CAUGHT[cpu].lock() = Some(report);
         if armed == Resume::Skip.encode() {
             frame.elr += 4;
         } else if armed == Resume::ReturnToCaller.encode() {
@@ -105,10 +113,19 @@ pub(crate) fn on_stack_overflow(kind: VectorKind, sp: u64, report: FaultReport) 
     super::exit(false)
 }
 
-/// IRQ and FIQ: unmasked (IRQ) but no interrupt is enabled at the GIC yet, so one arriving is a bug.
+/// IRQ: the SGIs the CPUs send each other (`runtime::gic`). Any other interrupt, and any FIQ (none
+/// is enabled), is a bug.
 pub(crate) fn on_interrupt(kind: VectorKind, frame: &mut ExceptionFrame) {
+    let unexpected = if kind.name() == "IRQ" {
+        match super::gic::handle() {
+            Ok(()) => return,
+            Err(id) => id,
+        }
+    } else {
+        0
+    };
     write_fmt_emergency(format_args!(
-        "\n*** unexpected {} ({}) at pc {:#x}\n",
+        "\n*** unexpected {} ({}, interrupt {unexpected}) at pc {:#x}\n",
         kind.name(),
         kind.source(),
         frame.elr

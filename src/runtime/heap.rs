@@ -24,7 +24,9 @@ static HEAP: KernelHeap = KernelHeap(SpinMutex::new(Heap::new()));
 impl KernelHeap {
     fn with<T>(&self, f: impl FnOnce(&mut Heap<32>) -> T) -> T {
         if super::locks_ready() {
-            f(&mut self.0.lock())
+            // Interrupts masked while held: a handler on this CPU that allocates does not wait
+            // for its own CPU (Linux `spin_lock_irqsave`).
+            crate::runtime::irq::without_interrupts(|| f(&mut self.0.lock()))
         } else {
             // SAFETY: before locks are ready only CPU 0 runs, with interrupts masked, and no
             // reference into the heap outlives this call: access is exclusive.

@@ -13,7 +13,9 @@ pub mod exception;
 pub mod exec_pool;
 pub mod fault;
 mod firmware;
+pub mod gic;
 pub mod heap;
+pub mod irq;
 pub mod memory;
 pub mod mmio;
 pub mod mmu;
@@ -105,6 +107,10 @@ fn start(x0: u64, entry_el: u8) -> ! {
     if let Err(e) = mmu::init(&machine, &plan) {
         boot_error(format_args!("address space: {e}"));
     }
+    // The SGIs the CPUs send each other (the GIC is mapped now), and WFE waits that see their
+    // deadlines.
+    gic::init(machine.gic);
+    cpu::enable_event_stream();
     memory::publish(machine, plan);
     // The vectors are in place (boot.s), the console works and locks work: from here an SError is
     // reported when it happens instead of staying pending, and IRQs are taken (masked only in

@@ -38,3 +38,10 @@ pub fn patch_insn(addr: u64, expected_old: u32, new: u32) -> Result<(), PokeErro
 pub fn patch_batch(patches: &[(u64, u32)]) -> Result<(), PokeError> {
     with_manager!(m => m.patch_batch(patches))
 }
+
+/// Publishes what this CPU wrote to every other CPU (each executes a context synchronisation
+/// event before this returns): what every write ends with; after `patch_insn`, no CPU runs the
+/// old instruction once this returns.
+pub fn publish() -> Result<(), PokeError> {
+    with_manager!(m => m.publish())
+}

@@ -38,9 +38,10 @@ pub fn print_boot_report() {
     }
     let midr = cpu::midr();
     println!(
-        "  cpu: {midr} (MIDR_EL1 {:#010x}), cpu {} of up to {}",
+        "  cpu: {midr} (MIDR_EL1 {:#010x}), cpu {} (MPIDR affinity {:#x}) of up to {}",
         midr.0,
-        cpu::cpu_id(),
+        crate::runtime::smp::this_cpu(),
+        cpu::mpidr_affinity(),
         board::CPUS
     );
     println!("  caches: {}", cpu::cache_type());

@@ -31,6 +31,11 @@ pub fn write(slot: &ExecSlot, offset: usize, code: &[u8]) -> Result<(), PokeErro
     with_manager!(m => m.write(slot, offset, code))
 }
 
+/// Several writes, checked first, published once.
+pub fn write_all(writes: &[(&ExecSlot, usize, &[u8])]) -> Result<(), PokeError> {
+    with_manager!(m => m.write_all(writes))
+}
+
 /// Frees a slot: refilled with BRK, chunks released, an empty pack unmapped (one is cached).
 pub fn free(slot: ExecSlot) -> Result<(), AllocError> {
     with_manager!(m => m.free(slot))

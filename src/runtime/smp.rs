@@ -13,8 +13,14 @@
 //!    assembly (`TLBI VMALLE1` or `ALLE2`, `IC IALLU`, `DSB NSH`, `ISB` first; never the boot
 //!    CPU's `DC IVAC`, which would discard CPU 0's dirty lines), then Rust.
 //!
-//! An idle CPU waits in `WFE`; whoever posts work for it (a rendezvous round, a mailbox call)
-//! stores, then `DSB` and `SEV`.
+//! Each CPU's index comes from its full MPIDR affinity (`boot::CPU_AFFINITY`, filled from the
+//! device tree before the others start; boot.s keeps it in TPIDRRO_EL0): [`this_cpu`].
+//!
+//! Online, a CPU runs with IRQs and SErrors unmasked (masked only in critical sections) and the
+//! timer's event stream on, so that every `WFE` wait also wakes every few tens of microseconds and
+//! sees its deadline. It answers two SGIs (`runtime::gic`): a stop-the-world round
+//! (`runtime::rendezvous`) and a publication request ([`synchronise_others`]). An idle CPU waits
+//! in `WFE`; whoever posts work for it (a mailbox call) stores, then `DSB` and `SEV`.
 
 use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
@@ -23,9 +29,10 @@ use aarch64_cpu::asm::barrier;
 use crate::arch::aarch64::cpu;
 use crate::cpu::{CacheType, Midr};
 use crate::machine::{EnableMethod, Machine, PsciConduit, Source};
-use crate::runtime::boot::{MAX_CPUS, SECONDARY_ENTRY};
+use crate::runtime::boot::{CPU_AFFINITY, MAX_CPUS, NO_CPU, SECONDARY_ENTRY, affinity};
 use crate::runtime::mmu::KernelRegime;
-use crate::runtime::rendezvous;
+use crate::runtime::{gic, rendezvous};
+use crate::sync::publish::Publication;
 
 /// What a secondary needs to turn its MMU on like CPU 0's: written by CPU 0, cleaned to PoC.
 #[repr(C)]
@@ -94,6 +101,78 @@ unsafe extern "C" {
     fn _start();
 }
 
+/// This CPU's index (0 for the boot CPU): where boot.s found its MPIDR affinity in
+/// `boot::CPU_AFFINITY`, kept in TPIDRRO_EL0 (nothing else uses it; one `MRS`).
+#[inline]
+pub fn this_cpu() -> usize {
+    use aarch64_cpu::registers::{Readable, TPIDRRO_EL0};
+    TPIDRRO_EL0.get() as usize
+}
+
+/// The publication requests and each CPU's answers (`crate::sync::publish`, model-checked).
+static PUBLICATION: Publication<MAX_CPUS> = Publication::new();
+
+/// How long [`synchronise_others`] waits for every CPU to answer.
+pub const SYNCHRONISE_TIMEOUT_MS: u64 = 2000;
+
+/// Publishes code to every other CPU (Linux `kick_all_cpus_sync`): called once the code is
+/// written and its cache maintenance complete (after the `DSB ISH` that ends `IC IVAU`), it asks
+/// every other online CPU, by [`gic::SGI_SYNC`], to execute a context synchronisation event, and
+/// returns once each has: from then on any CPU may branch to the code (Arm ARM B2.4.4). A CPU
+/// that has not answered after [`SYNCHRONISE_TIMEOUT_MS`] (interrupts masked that long, or hung)
+/// is named in the error. Callable with interrupts masked: while it waits this CPU answers
+/// requests and rounds of others itself, so two CPUs publishing at once never wait on each other.
+pub fn synchronise_others() -> Result<(), usize> {
+    let others = online_mask() & !(1 << this_cpu());
+    if others == 0 {
+        return Ok(());
+    }
+    let request = PUBLICATION.request();
+    gic::send_to_others(gic::SGI_SYNC);
+    // Idle CPUs without a GIC to interrupt them see the request when they wake.
+    wake_all();
+    let deadline = deadline_after_ms(SYNCHRONISE_TIMEOUT_MS);
+    PUBLICATION.wait(request, others, || {
+        serve_requests();
+        aarch64_cpu::asm::wfe();
+        !past(deadline)
+    })
+}
+
+/// The publication requests this CPU has answered (for tests: every online CPU has answered the
+/// request of a write once the write returns).
+pub fn requests_answered(cpu: usize) -> u64 {
+    PUBLICATION.answered(cpu)
+}
+
+/// Whether this CPU has a publication request to answer.
+pub(crate) fn publication_pending() -> bool {
+    PUBLICATION.pending(this_cpu())
+}
+
+/// This CPU's answer to [`gic::SGI_SYNC`]: `ISB`, then the answer, then an event for the waiting
+/// writer.
+pub(crate) fn answer_synchronise() {
+    PUBLICATION.answer(this_cpu(), || barrier::isb(barrier::SY));
+    wake_all();
+}
+
+/// What a CPU that waits with interrupts masked (for a lock, for answers, for a round) still
+/// does for the others: answers a publication request and joins a stop-the-world round in
+/// progress, so that no CPU waits for one that is waiting for it.
+pub fn serve_requests() {
+    if publication_pending() {
+        answer_synchronise();
+    }
+    rendezvous::join_if_started();
+}
+
+/// `DSB ISH; SEV`: the stores before are visible, then every CPU waiting in `WFE` wakes.
+pub(crate) fn wake_all() {
+    barrier::dsb(barrier::ISH);
+    aarch64_cpu::asm::sev();
+}
+
 /// Bit per CPU that reached Rust and serves rounds and calls (the rendezvous waits for each).
 static ONLINE: AtomicU64 = AtomicU64::new(1);
 /// Each CPU's MIDR_EL1 and CTR_EL0, written as it comes online (CPU 0's at bring-up).
@@ -143,23 +222,25 @@ impl core::fmt::Display for SmpError {
     }
 }
 
-/// Step 1, with the MMU off: every CPU of the tree but this one goes to `_start`, where boot.s
-/// parks it. Returns the CPUs sent (a bit each, by MPIDR.Aff0).
+/// Step 1, with the MMU off: gives every CPU of the tree an index (`boot::CPU_AFFINITY`), then
+/// sends every one but this to `_start`, where boot.s parks it. Returns the CPUs sent (a bit per
+/// index).
 pub fn start_secondaries(machine: &Machine) -> u64 {
-    let this = cpu::cpu_id();
     let entry = _start as *const () as u64;
     let mut sent = 0;
     for c in &machine.cpus {
-        let index = (c.mpidr & 0xff) as usize;
-        if index == this || index >= MAX_CPUS {
+        let Some(index) = assign_index(affinity(c.mpidr)) else {
+            continue;
+        };
+        if index == 0 {
             continue;
         }
         let started = match (c.enable, machine.psci) {
             (EnableMethod::Psci, Some(PsciConduit::Hvc)) => {
-                smccc::psci::cpu_on::<smccc::Hvc>(c.mpidr, entry, 0).is_ok()
+                smccc::psci::cpu_on::<smccc::Hvc>(c.mpidr, entry, index as u64).is_ok()
             }
             (EnableMethod::Psci, Some(PsciConduit::Smc)) => {
-                smccc::psci::cpu_on::<smccc::Smc>(c.mpidr, entry, 0).is_ok()
+                smccc::psci::cpu_on::<smccc::Smc>(c.mpidr, entry, index as u64).is_ok()
             }
             // A release word inside the device tree itself (QEMU raspi4b loads an ELF's tree at
             // address 0, over the spin table, and starts every CPU at the entry point): that CPU
@@ -187,6 +268,26 @@ pub fn start_secondaries(machine: &Machine) -> u64 {
     sent
 }
 
+/// The index of the CPU with MPIDR affinity `aff`: where `boot::CPU_AFFINITY` has it already (the
+/// boot CPU at 0, CPUs the loader started with it), else the first free place, written there
+/// and cleaned to the point of coherency for boot.s, which reads it with the MMU off. `None` when
+/// every place is taken (the CPU is not started).
+fn assign_index(aff: u64) -> Option<usize> {
+    if let Some(index) = CPU_AFFINITY
+        .iter()
+        .position(|a| a.load(Ordering::Relaxed) == aff)
+    {
+        return Some(index);
+    }
+    let index = (1..MAX_CPUS).find(|&i| CPU_AFFINITY[i].load(Ordering::Relaxed) == NO_CPU)?;
+    // Plain stores and loads only: the MMU is off (no exclusives on Device memory).
+    CPU_AFFINITY[index].store(aff, Ordering::Relaxed);
+    let at = &CPU_AFFINITY[index] as *const AtomicU64 as u64;
+    // SAFETY: a clean and invalidate by VA of kernel data (the MMU is off: VA = PA).
+    unsafe { core::arch::asm!("dc civac, {}", in(reg) at, options(nostack)) };
+    Some(index)
+}
+
 fn inside_tree(machine: &Machine, address: u64) -> bool {
     match machine.source {
         Source::DeviceTree {
@@ -200,7 +301,7 @@ fn inside_tree(machine: &Machine, address: u64) -> bool {
 /// Step 2, MMU on: publishes this CPU's translation state and releases the parked CPUs in
 /// `expected` into `secondary_mmu_on`; waits up to five seconds for them. Returns the CPUs online.
 pub fn bring_online(expected: u64) -> u64 {
-    record_identity(cpu::cpu_id());
+    record_identity(this_cpu());
     let (mair, tcr, ttbr0): (u64, u64, u64);
     // SAFETY: reading this CPU's translation registers at the level it runs at.
     unsafe {
@@ -274,12 +375,12 @@ fn clean_to_poc(start: u64, len: u64) {
     }
 }
 
-fn deadline_after_ms(ms: u64) -> u64 {
+pub(crate) fn deadline_after_ms(ms: u64) -> u64 {
     use aarch64_cpu::registers::{CNTPCT_EL0, Readable};
     CNTPCT_EL0.get() + cpu::timer_frequency().max(1) * ms / 1000
 }
 
-fn past(deadline: u64) -> bool {
+pub(crate) fn past(deadline: u64) -> bool {
     use aarch64_cpu::registers::{CNTPCT_EL0, Readable};
     CNTPCT_EL0.get() >= deadline
 }
@@ -289,17 +390,14 @@ fn past(deadline: u64) -> bool {
 extern "C" fn secondary_entry(index: u64) -> ! {
     let index = index as usize;
     record_identity(index);
+    cpu::enable_event_stream();
+    gic::init_cpu();
     ONLINE.fetch_or(1 << index, Ordering::AcqRel);
-    barrier::dsb(barrier::ISH);
-    aarch64_cpu::asm::sev();
-    let mut seen_round = rendezvous::current_round();
+    cpu::unmask_serror_and_irq();
+    wake_all();
     loop {
-        let round = rendezvous::current_round();
-        if round != seen_round {
-            seen_round = round;
-            rendezvous::participate();
-            continue;
-        }
+        // Rounds and requests come by SGI; without a GIC they are seen here.
+        serve_requests();
         let mailbox = &MAILBOXES[index];
         if mailbox.state.load(Ordering::Acquire) == POSTED {
             let function = mailbox.function.load(Ordering::Relaxed);
@@ -311,8 +409,7 @@ extern "C" fn secondary_entry(index: u64) -> ! {
             let f: fn(u64) -> u64 = unsafe { core::mem::transmute(function) };
             mailbox.result.store(f(argument), Ordering::Relaxed);
             mailbox.state.store(DONE, Ordering::Release);
-            barrier::dsb(barrier::ISH);
-            aarch64_cpu::asm::sev();
+            wake_all();
             continue;
         }
         aarch64_cpu::asm::wfe();
@@ -322,7 +419,7 @@ extern "C" fn secondary_entry(index: u64) -> ! {
 /// Runs `f(argument)` on CPU `index` and returns its result (the calling CPU waits up to ten
 /// seconds: under an emulator on a loaded host a CPU can be descheduled for a while). On the calling CPU's own index it just calls `f`.
 pub fn run_on(index: usize, f: fn(u64) -> u64, argument: u64) -> Result<u64, SmpError> {
-    if index == cpu::cpu_id() {
+    if index == this_cpu() {
         return Ok(f(argument));
     }
     start_on(index, f, argument)?;
@@ -332,7 +429,7 @@ pub fn run_on(index: usize, f: fn(u64) -> u64, argument: u64) -> Result<u64, Smp
 /// Posts `f(argument)` to CPU `index`, which must be online and idle, and returns at once;
 /// [`finish`] collects the result. For work that runs on several CPUs at the same time.
 pub fn start_on(index: usize, f: fn(u64) -> u64, argument: u64) -> Result<(), SmpError> {
-    if index == cpu::cpu_id() || index >= MAX_CPUS || online_mask() & (1 << index) == 0 {
+    if index == this_cpu() || index >= MAX_CPUS || online_mask() & (1 << index) == 0 {
         return Err(SmpError::NotOnline(index));
     }
     let mailbox = &MAILBOXES[index];
@@ -349,8 +446,7 @@ pub fn start_on(index: usize, f: fn(u64) -> u64, argument: u64) -> Result<(), Sm
         .store(f as *const () as usize, Ordering::Relaxed);
     mailbox.argument.store(argument, Ordering::Relaxed);
     mailbox.state.store(POSTED, Ordering::Release);
-    barrier::dsb(barrier::ISH);
-    aarch64_cpu::asm::sev();
+    wake_all();
     Ok(())
 }
 
@@ -366,9 +462,9 @@ pub fn finish(index: usize, timeout_ms: u64) -> Result<u64, SmpError> {
             DONE => break,
             IDLE => return Err(SmpError::NotOnline(index)),
             _ if past(deadline) => return Err(SmpError::Timeout(index)),
-            // A spin, not WFE: a callee that never finishes sends no event, and the deadline
-            // must still be seen.
-            _ => core::hint::spin_loop(),
+            // Woken by the callee's SEV, or by the timer's event stream at the latest, so the
+            // deadline is seen even if the callee never finishes.
+            _ => aarch64_cpu::asm::wfe(),
         }
     }
     let result = mailbox.result.load(Ordering::Relaxed);

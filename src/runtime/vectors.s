@@ -66,8 +66,7 @@ exception_save_and_handle_el\el:
 .section .text.vectors, "ax"
 exception_stack_overflow:
     mov     x1, sp                          // x1 = the overflowing SP
-    mrs     x2, mpidr_el1
-    and     x2, x2, #0xff
+    mrs     x2, tpidrro_el0                 // this CPU's index (boot.s)
     cmp     x2, #{MAX_CPUS}
     b.lo    2f
     mov     x2, #0                          // an unknown CPU shares CPU 0's overflow stack

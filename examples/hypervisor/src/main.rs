@@ -27,7 +27,7 @@ use aarch64_cpu::registers::{
 use buddy_system_allocator::LockedHeap;
 use execmem::arch::aarch64::cpu;
 use execmem::layout::Region;
-use execmem::manager::{Config, ExecManager, NotStopped, PackFrames, Platform};
+use execmem::manager::{Config, ExecManager, NotStopped, NotSynchronised, PackFrames, Platform};
 use execmem::mmu::{
     El2, LinearMap, MAIR_EL1_VALUE, PageTable, Rule, TableAccess, TableMemory, TableRoot, VaRange,
 };
@@ -349,6 +349,10 @@ impl Platform for Hypervisor {
     fn stop_others_and_run(change: &mut dyn FnMut()) -> Result<(), NotStopped> {
         change(); // no other CPU to stop
         Ok(())
+    }
+
+    fn synchronise_others() -> Result<(), NotSynchronised> {
+        Ok(()) // no other CPU to publish to
     }
 }
 
