@@ -10,7 +10,7 @@ use crate::runtime::board;
 
 // SAFETY: the board names the address of its console PL011, and only this static drives it. `init`
 // moves it to the UART the device tree names.
-static CONSOLE: SpinMutex<Pl011> =
+static CONSOLE: SpinMutex<Pl011, crate::runtime::irq::Pause> =
     SpinMutex::new(unsafe { Pl011::new(board::UART.start as usize) });
 
 /// Runs `f` on the UART: under its lock once locks work, directly before (see

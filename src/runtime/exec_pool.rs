@@ -41,7 +41,7 @@ impl<R: RegimeControl> Platform for Demo<R> {
 
     fn relax() {
         crate::runtime::smp::serve_requests();
-        core::hint::spin_loop();
+        crate::runtime::smp::pause();
     }
 
     fn stop_others_and_run(change: &mut dyn FnMut()) -> Result<(), NotStopped> {

@@ -16,7 +16,7 @@ use spin::mutex::SpinMutex;
 use crate::layout::Region;
 
 /// Order 32: blocks up to 2^31 bytes, more than any heap here.
-struct KernelHeap(SpinMutex<Heap<32>>);
+struct KernelHeap(SpinMutex<Heap<32>, crate::runtime::irq::Pause>);
 
 #[global_allocator]
 static HEAP: KernelHeap = KernelHeap(SpinMutex::new(Heap::new()));

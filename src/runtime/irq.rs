@@ -12,3 +12,13 @@ pub fn without_interrupts<T>(f: impl FnOnce() -> T) -> T {
     DAIF.set(saved);
     result
 }
+
+/// The runtime's spin locks relax with `YIELD` ([`crate::runtime::smp::pause`]).
+pub struct Pause;
+
+impl spin::RelaxStrategy for Pause {
+    #[inline]
+    fn relax() {
+        crate::runtime::smp::pause();
+    }
+}

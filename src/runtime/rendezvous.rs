@@ -44,7 +44,7 @@ fn lead(change: impl FnOnce()) -> Result<(), usize> {
             break leader;
         }
         smp::serve_requests();
-        core::hint::spin_loop();
+        smp::pause();
     };
     // Every CPU online (`runtime::smp`) but this one: a CPU counts as online once it serves rounds.
     let others = smp::online_mask() & !(1 << smp::this_cpu());
@@ -78,7 +78,15 @@ fn lead(change: impl FnOnce()) -> Result<(), usize> {
 /// ARM B2.2.5 / B2.4.4: a context synchronisation event after the change and before executing the
 /// modified code). A round that is already over, or was given up, is not joined.
 pub fn participate() {
-    ROUNDS.participate(smp::this_cpu(), aarch64_cpu::asm::wfe, smp::wake_all);
+    // While it waits (interrupts masked), a publication request is still answered: the CPU
+    // that made it may not be in the round yet.
+    let wait = || {
+        if smp::publication_pending() {
+            smp::answer_synchronise();
+        }
+        aarch64_cpu::asm::wfe();
+    };
+    ROUNDS.participate(smp::this_cpu(), wait, smp::wake_all);
     barrier::isb(barrier::SY);
 }
 

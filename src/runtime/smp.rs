@@ -167,6 +167,15 @@ pub fn serve_requests() {
     rendezvous::join_if_started();
 }
 
+/// One turn of a spin wait: `YIELD`, a hint that costs a cycle on a core and lets an emulator
+/// run another virtual CPU (QEMU's round-robin mode switches on it), so that a waiter does not
+/// burn the time of the CPU it waits for.
+#[inline]
+pub fn pause() {
+    // SAFETY: a hint instruction; no memory or register effects.
+    unsafe { core::arch::asm!("yield", options(nomem, nostack, preserves_flags)) };
+}
+
 /// `DSB ISH; SEV`: the stores before are visible, then every CPU waiting in `WFE` wakes.
 pub(crate) fn wake_all() {
     barrier::dsb(barrier::ISH);

@@ -2,26 +2,22 @@
 //! threads (and every value a load may return under the C++ memory model), up to a preemption
 //! bound. Run with `RUSTFLAGS="--cfg loom" cargo test --release --lib sync::loom_tests`.
 //!
-//! A CPU waits as the kernel's do, `WFE` in a loop, `while !condition { wfe() }`, and every state
-//! change another CPU waits for is followed by a `DSB; SEV` to it: here `WFE` is `park` and `SEV`
-//! is `unpark`, whose token is the event register (an `SEV` before the `WFE` makes it return at
-//! once). A CPU left waiting with no event to come is a deadlock, which loom reports: the models
-//! also prove that no wake-up is lost. Spinning with `yield_now` instead cannot be explored: with
-//! two CPUs spinning at once loom schedules them against each other forever (three threads, two
-//! of them spinning on a flag the third sets, exceed loom's branch limit at a preemption bound of
-//! 2), and bounded polls multiply the interleavings.
+//! A CPU waits as the kernel's do, `while !condition { WFE }`, and every change another CPU waits
+//! for is followed by a `SEV` to it. [`Cpus`] models both: a Relaxed event register per CPU and a
+//! loom `park`/`unpark` to sleep and wake. A CPU left asleep with no event to come is a deadlock,
+//! which loom reports: the models also prove that no wake-up is lost.
 //!
-//! An `unpark` orders what the waker did before it ahead of what the woken thread does after its
-//! `park` (as the `DSB` before the `SEV` does), so it can hide a missing acquire on the paths where
-//! a CPU sees the state only after being woken; loom also runs the paths where it sees the state
-//! between the other CPU's store and its `SEV`, which is where the protocols' own orderings are
-//! checked.
+//! Spinning with `yield_now` instead cannot be explored: with two CPUs spinning at once loom
+//! schedules them against each other forever (three threads, two of them spinning on a flag the
+//! third sets, exceed loom's branch limit at a preemption bound of 2), and bounded polls multiply
+//! the interleavings.
 //!
 //! The preemption bound is `LOOM_MAX_PREEMPTIONS` when set, else the one each model names.
 
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use loom::thread::{self, Thread, park as wfe};
+use loom::thread::{self, Thread};
+use std::sync::OnceLock;
 
 /// Explores `f` in every interleaving with at most `preemptions` forced switches (unless
 /// `LOOM_MAX_PREEMPTIONS` says otherwise).
@@ -31,14 +27,69 @@ fn model(preemptions: usize, f: impl Fn() + Sync + Send + 'static) {
     builder.check(f);
 }
 
-/// `SEV` to each of `cpus`. It starts with a yield: loom schedules other threads only at its own
-/// operations, and an `unpark` is none, so without it a store and the `SEV` after it would be one
-/// step, and no CPU would ever see the store before it is woken (`unpark` orders the waker's
-/// stores before the woken thread's loads, which would hide a missing release or acquire).
-fn sev(cpus: &[Thread]) {
-    thread::yield_now();
-    for cpu in cpus {
+/// The model's CPUs: a thread each, and each one's event register.
+struct Cpus {
+    threads: Vec<Thread>,
+    events: Vec<AtomicBool>,
+}
+
+impl Cpus {
+    /// `SEV` to the CPUs of `mask`: sets their event registers and wakes them. The event store
+    /// is Relaxed (an event orders nothing) and is where loom may switch to another CPU, which
+    /// then sees what this one did before the `SEV` without being woken: `unpark` orders the
+    /// waker's past before the woken thread's future, so without that switch every CPU would see
+    /// a change only through it, and a missing release or acquire in the protocol would not
+    /// show.
+    fn sev(&self, mask: u64) {
+        for cpu in (0..self.threads.len()).filter(|&cpu| mask & (1 << cpu) != 0) {
+            self.events[cpu].store(true, Ordering::Relaxed);
+            self.threads[cpu].unpark();
+        }
+    }
+
+    /// `WFE` on `cpu`: clears its event register and returns if it was set, else sleeps until a
+    /// `SEV` (or returns at once for one it already consumed: a spurious wake-up, which `WFE`
+    /// allows).
+    fn wfe(&self, cpu: usize) {
+        if !self.events[cpu].swap(false, Ordering::Relaxed) {
+            thread::park();
+        }
+    }
+}
+
+/// Runs `body(cpu, cpus)` for each of `n` CPUs on a thread of its own and waits for them. The
+/// model's own thread only starts and joins them: an `unpark` that reaches a thread blocked in
+/// `join` breaks loom, so no CPU may be one that joins.
+fn run_cpus(n: usize, body: impl Fn(usize, &Cpus) + Send + Sync + 'static) {
+    let body = Arc::new(body);
+    let all: Arc<OnceLock<Cpus>> = Arc::new(OnceLock::new());
+    let threads: Vec<_> = (0..n)
+        .map(|cpu| {
+            let (body, all) = (body.clone(), all.clone());
+            thread::spawn(move || {
+                let cpus = loop {
+                    match all.get() {
+                        Some(cpus) => break cpus,
+                        None => thread::park(),
+                    }
+                };
+                body(cpu, cpus);
+            })
+        })
+        .collect();
+    let cpus = Cpus {
+        threads: threads.iter().map(|t| t.thread().clone()).collect(),
+        events: (0..n).map(|_| AtomicBool::new(false)).collect(),
+    };
+    let started: Vec<Thread> = cpus.threads.clone();
+    if all.set(cpus).is_err() {
+        unreachable!("the CPUs are set once");
+    }
+    for cpu in &started {
         cpu.unpark();
+    }
+    for t in threads {
+        t.join().unwrap();
     }
 }
 
@@ -46,28 +97,37 @@ mod rendezvous {
     use super::*;
     use crate::sync::rendezvous::Rendezvous;
 
-    /// A participant's side: waits for round `round` to start, then takes part in it, waking
-    /// `leader` when it arrives. `entered` is set before it arrives (so a leader that saw the
-    /// arrival sees it), `arrived` when it did (in the `wake` that follows a successful arrival).
+    /// The leader's CPU.
+    const LEADER: u64 = 0b001;
+    /// The participants' CPUs.
+    const OTHERS: u64 = 0b110;
+
+    /// A participant's side: waits for round `round` to start, then takes part in it, waking the
+    /// leader when it arrives. `entered` is set before it arrives (so a leader that saw the
+    /// arrival sees it), `arrived` once it did (in the `wake` that follows an arrival).
     fn take_part(
         rv: &Rendezvous,
         cpu: usize,
         round: usize,
-        leader: &Thread,
+        cpus: &Cpus,
         entered: &AtomicBool,
         arrived: &AtomicBool,
     ) {
         while rv.current_round() < round {
-            wfe();
+            cpus.wfe(cpu);
         }
         entered.store(true, Ordering::Relaxed);
-        rv.participate(cpu, wfe, || {
-            arrived.store(true, Ordering::Release);
-            sev(core::slice::from_ref(leader));
-        });
+        rv.participate(
+            cpu,
+            || cpus.wfe(cpu),
+            || {
+                arrived.store(true, Ordering::Release);
+                cpus.sev(LEADER);
+            },
+        );
     }
 
-    /// A round with a leader and two participants (CPUs 1 and 2), the leader waiting as long as
+    /// A round led by CPU 0 with two participants (CPUs 1 and 2), the leader waiting as long as
     /// it takes, proves: the round succeeds; `change` runs only once both participants are inside
     /// `participate` (each entered it, and none has returned from it); no participant returns
     /// before the change ran, and each, once released, sees the change's Relaxed store (the
@@ -77,127 +137,107 @@ mod rendezvous {
     fn change_runs_with_everyone_stopped_and_is_seen_after() {
         model(3, || {
             let rv = Arc::new(Rendezvous::new());
-            let changed = Arc::new(AtomicBool::new(false));
+            let changed = AtomicBool::new(false);
             // Participants that returned from `participate`: read and written by RMWs only, so
             // each access sees the newest value (no stale read can hide an early return).
             let left = Arc::new(AtomicUsize::new(0));
-            let entered: Arc<[AtomicBool; 3]> =
-                Arc::new(core::array::from_fn(|_| AtomicBool::new(false)));
-            let leader = thread::current();
-            let workers: Vec<_> = (1..3)
-                .map(|cpu| {
-                    let (rv, changed, left, entered, leader) = (
-                        rv.clone(),
-                        changed.clone(),
-                        left.clone(),
-                        entered.clone(),
-                        leader.clone(),
+            let entered: [AtomicBool; 3] = core::array::from_fn(|_| AtomicBool::new(false));
+            let arrived: [AtomicBool; 3] = core::array::from_fn(|_| AtomicBool::new(false));
+            let shared = (rv.clone(), left.clone());
+            run_cpus(3, move |cpu, cpus| {
+                if cpu != 0 {
+                    take_part(&rv, cpu, 1, cpus, &entered[cpu], &arrived[cpu]);
+                    assert!(
+                        arrived[cpu].load(Ordering::Relaxed),
+                        "CPU {cpu} did not join round 1"
                     );
-                    thread::spawn(move || {
-                        let arrived = AtomicBool::new(false);
-                        take_part(&rv, cpu, 1, &leader, &entered[cpu], &arrived);
-                        assert!(
-                            arrived.load(Ordering::Relaxed),
-                            "CPU {cpu} did not join round 1"
-                        );
-                        assert!(
-                            changed.load(Ordering::Relaxed),
-                            "CPU {cpu} released before the change, or does not see it"
-                        );
-                        left.fetch_add(1, Ordering::AcqRel);
-                    })
-                })
-                .collect();
-            let others: Vec<Thread> = workers.iter().map(|w| w.thread().clone()).collect();
-            let mut ran = false;
-            let result = rv.lead(
-                0b110,
-                || {
-                    assert!(entered[1].load(Ordering::Relaxed), "CPU 1 not stopped");
-                    assert!(entered[2].load(Ordering::Relaxed), "CPU 2 not stopped");
-                    assert_eq!(
-                        left.fetch_add(0, Ordering::AcqRel),
-                        0,
-                        "a CPU left before the change"
+                    assert!(
+                        changed.load(Ordering::Relaxed),
+                        "CPU {cpu} released before the change, or does not see it"
                     );
-                    changed.store(true, Ordering::Relaxed);
-                    ran = true;
-                },
-                || {
-                    wfe();
-                    true
-                },
-                || sev(&others),
-            );
-            assert_eq!(result, Ok(()));
-            assert!(ran);
-            for w in workers {
-                w.join().unwrap();
-            }
+                    left.fetch_add(1, Ordering::AcqRel);
+                    return;
+                }
+                let mut ran = false;
+                let result = rv.lead(
+                    OTHERS,
+                    || {
+                        assert!(entered[1].load(Ordering::Relaxed), "CPU 1 not stopped");
+                        assert!(entered[2].load(Ordering::Relaxed), "CPU 2 not stopped");
+                        assert_eq!(
+                            left.fetch_add(0, Ordering::AcqRel),
+                            0,
+                            "a CPU left before the change"
+                        );
+                        changed.store(true, Ordering::Relaxed);
+                        ran = true;
+                    },
+                    || {
+                        cpus.wfe(cpu);
+                        true
+                    },
+                    || cpus.sev(OTHERS),
+                );
+                assert_eq!(result, Ok(()));
+                assert!(ran);
+            });
+            let (rv, left) = shared;
             assert_eq!(left.load(Ordering::Relaxed), 2);
             assert_eq!(rv.current_round(), 1);
         });
     }
 
-    /// A round given up, then the next one, with CPU 1 taking part in round 1 only and CPU 2
-    /// (also in `others`) in round 2 only, proves: round 1, given up once CPU 1 arrived, fails
-    /// naming CPU 2 and does not run its change, and CPU 1 is let go (its wait ends); round 2,
-    /// given up once CPU 2 arrived, fails naming CPU 1 (its arrival for round 1 is not counted)
-    /// and does not run its change, and CPU 2 is let go. Preemption bound 3.
+    /// Two rounds led by CPU 0, CPU 1 taking part in round 1 only and CPU 2 (also in `others`)
+    /// in round 2 only, proves: round 1, given up once CPU 1 arrived, fails naming CPU 2 and does
+    /// not run its change, and CPU 1 is let go (its wait ends); round 2, given up once CPU 2
+    /// arrived, fails naming CPU 1 (its arrival for round 1 is not counted) and does not run its
+    /// change, and CPU 2 is let go. Preemption bound 3.
     #[test]
     fn a_round_given_up_lets_go_and_its_arrivals_do_not_count_in_the_next() {
         model(3, || {
             let rv = Arc::new(Rendezvous::new());
             // Set by each CPU's `wake` after its arrival; the leader gives up once it is set.
-            let arrived: Arc<[AtomicBool; 3]> =
-                Arc::new(core::array::from_fn(|_| AtomicBool::new(false)));
-            let leader = thread::current();
-            let workers: Vec<_> = [(1, 1), (2, 2)]
-                .into_iter()
-                .map(|(cpu, round)| {
-                    let (rv, arrived, leader) = (rv.clone(), arrived.clone(), leader.clone());
-                    thread::spawn(move || {
-                        let entered = AtomicBool::new(false);
-                        take_part(&rv, cpu, round, &leader, &entered, &arrived[cpu]);
-                    })
-                })
-                .collect();
-            let others: Vec<Thread> = workers.iter().map(|w| w.thread().clone()).collect();
-            // Gives up at the first poll after the one that saw `cpu`'s arrival: the leader's
-            // check of `arrived` in between then includes it (the flag's acquire follows the
-            // arrival), so the error names the other CPU whatever the timing.
-            let give_up_after_arrival = |cpu: usize| {
-                let arrived = arrived.clone();
-                let mut seen = false;
-                move || {
-                    if seen {
-                        return false;
-                    }
-                    seen = arrived[cpu].load(Ordering::Acquire);
-                    if !seen {
-                        wfe();
-                    }
-                    true
+            let arrived: [AtomicBool; 3] = core::array::from_fn(|_| AtomicBool::new(false));
+            let shared = rv.clone();
+            run_cpus(3, move |cpu, cpus| {
+                if cpu != 0 {
+                    let entered = AtomicBool::new(false);
+                    take_part(&rv, cpu, cpu, cpus, &entered, &arrived[cpu]);
+                    return;
                 }
-            };
-            let first = rv.lead(
-                0b110,
-                || panic!("change of round 1, given up"),
-                give_up_after_arrival(1),
-                || sev(&others),
-            );
-            assert_eq!(first, Err(2));
-            let second = rv.lead(
-                0b110,
-                || panic!("change of round 2, given up"),
-                give_up_after_arrival(2),
-                || sev(&others),
-            );
-            assert_eq!(second, Err(1));
-            for w in workers {
-                w.join().unwrap();
-            }
-            assert_eq!(rv.current_round(), 2);
+                // Gives up at the first poll after the one that saw `cpu`'s arrival: the
+                // leader's check of `arrived` in between then includes it (the flag's acquire
+                // follows the arrival), so the error names the other CPU whatever the timing.
+                let arrived = &arrived;
+                let give_up_after_arrival = |waited_for: usize| {
+                    let mut seen = false;
+                    move || {
+                        if seen {
+                            return false;
+                        }
+                        seen = arrived[waited_for].load(Ordering::Acquire);
+                        if !seen {
+                            cpus.wfe(cpu);
+                        }
+                        true
+                    }
+                };
+                let first = rv.lead(
+                    OTHERS,
+                    || panic!("change of round 1, given up"),
+                    give_up_after_arrival(1),
+                    || cpus.sev(OTHERS),
+                );
+                assert_eq!(first, Err(2));
+                let second = rv.lead(
+                    OTHERS,
+                    || panic!("change of round 2, given up"),
+                    give_up_after_arrival(2),
+                    || cpus.sev(OTHERS),
+                );
+                assert_eq!(second, Err(1));
+            });
+            assert_eq!(shared.current_round(), 2);
         });
     }
 }
@@ -205,13 +245,9 @@ mod rendezvous {
 mod publish {
     use super::*;
     use crate::sync::publish::Publication;
-    use std::sync::OnceLock;
 
     const CPUS: usize = 3;
     const WRITERS: usize = 2;
-
-    /// What each CPU saw of each writer's code in its latest `synchronise`.
-    type Snapshots = [[AtomicU64; WRITERS]; CPUS];
 
     /// Two writers (CPUs 0 and 1) and an answering CPU (2): each writer stores its code (a
     /// Relaxed store of its version), requests, wakes the others (its IPI), and waits for the two
@@ -223,83 +259,53 @@ mod publish {
     #[test]
     fn after_wait_every_other_cpu_synchronised_after_the_code_was_written() {
         model(2, || {
-            let publication = Arc::new(Publication::<CPUS>::new());
-            let code: Arc<[AtomicU64; WRITERS]> =
-                Arc::new(core::array::from_fn(|_| AtomicU64::new(0)));
-            let seen: Arc<Snapshots> = Arc::new(core::array::from_fn(|_| {
-                core::array::from_fn(|_| AtomicU64::new(0))
-            }));
-            let done = Arc::new(AtomicUsize::new(0));
-            // Every CPU's thread, for the wake-ups: set once all are spawned, before any starts.
-            let cpus: Arc<OnceLock<Vec<Thread>>> = Arc::new(OnceLock::new());
-            let threads: Vec<_> = (0..CPUS)
-                .map(|cpu| {
-                    let (publication, code, seen, done, cpus) = (
-                        publication.clone(),
-                        code.clone(),
-                        seen.clone(),
-                        done.clone(),
-                        cpus.clone(),
-                    );
-                    thread::spawn(move || {
-                        let cpus = loop {
-                            match cpus.get() {
-                                Some(cpus) => break cpus,
-                                None => wfe(),
+            let publication = Publication::<CPUS>::new();
+            let code: [AtomicU64; WRITERS] = core::array::from_fn(|_| AtomicU64::new(0));
+            // What each CPU saw of each writer's code in its latest `synchronise`.
+            let seen: [[AtomicU64; WRITERS]; CPUS] =
+                core::array::from_fn(|_| core::array::from_fn(|_| AtomicU64::new(0)));
+            let done = AtomicUsize::new(0);
+            run_cpus(CPUS, move |cpu, cpus| {
+                let others = ((1u64 << CPUS) - 1) & !(1 << cpu);
+                let serve = || {
+                    if publication.pending(cpu) {
+                        publication.answer(cpu, || {
+                            for (writer, code) in code.iter().enumerate() {
+                                let version = code.load(Ordering::Relaxed);
+                                seen[cpu][writer].store(version, Ordering::Relaxed);
                             }
-                        };
-                        let others: Vec<Thread> = (0..CPUS)
-                            .filter(|&other| other != cpu)
-                            .map(|other| cpus[other].clone())
-                            .collect();
-                        let serve = || {
-                            if publication.pending(cpu) {
-                                publication.answer(cpu, || {
-                                    for (writer, code) in code.iter().enumerate() {
-                                        let version = code.load(Ordering::Relaxed);
-                                        seen[cpu][writer].store(version, Ordering::Relaxed);
-                                    }
-                                });
-                                sev(&others);
-                            }
-                        };
-                        if cpu < WRITERS {
-                            let version = cpu as u64 + 1;
-                            code[cpu].store(version, Ordering::Relaxed);
-                            let request = publication.request();
-                            sev(&others);
-                            let mask = ((1u64 << CPUS) - 1) & !(1 << cpu);
-                            let waited = publication.wait(request, mask, || {
-                                serve();
-                                wfe();
-                                true
-                            });
-                            assert_eq!(waited, Ok(()));
-                            for other in (0..CPUS).filter(|&other| other != cpu) {
-                                assert!(
-                                    seen[other][cpu].load(Ordering::Relaxed) >= version,
-                                    "CPU {other} answered writer {cpu} before seeing its code"
-                                );
-                            }
-                            done.fetch_add(1, Ordering::Release);
-                            sev(&others);
-                        }
-                        loop {
-                            serve();
-                            if done.load(Ordering::Acquire) == WRITERS {
-                                break;
-                            }
-                            wfe();
-                        }
-                    })
-                })
-                .collect();
-            let all: Vec<Thread> = threads.iter().map(|t| t.thread().clone()).collect();
-            cpus.set(all.clone()).unwrap();
-            sev(&all);
-            for t in threads {
-                t.join().unwrap();
-            }
+                        });
+                        cpus.sev(others);
+                    }
+                };
+                if cpu < WRITERS {
+                    let version = cpu as u64 + 1;
+                    code[cpu].store(version, Ordering::Relaxed);
+                    let request = publication.request();
+                    cpus.sev(others);
+                    let waited = publication.wait(request, others, || {
+                        serve();
+                        cpus.wfe(cpu);
+                        true
+                    });
+                    assert_eq!(waited, Ok(()));
+                    for other in (0..CPUS).filter(|&other| other != cpu) {
+                        assert!(
+                            seen[other][cpu].load(Ordering::Relaxed) >= version,
+                            "CPU {other} answered writer {cpu} before seeing its code"
+                        );
+                    }
+                    done.fetch_add(1, Ordering::Release);
+                    cpus.sev(others);
+                }
+                loop {
+                    serve();
+                    if done.load(Ordering::Acquire) == WRITERS {
+                        break;
+                    }
+                    cpus.wfe(cpu);
+                }
+            });
         });
     }
 }

@@ -99,9 +99,9 @@ pub fn mpidr_affinity() -> u64 {
 const EVENT_STREAM_BIT: u64 = 10;
 
 /// Turns the generic timer's event stream on for this CPU: a `WFE` wake-up event at every rising
-/// edge of counter bit [`EVENT_STREAM_BIT`] (Arm ARM D12.2.3, "Event streams"), so that a `WFE`
+/// edge of counter bit 10 (every 2^11 ticks; Arm ARM D12.2.3, "Event streams"), so that a `WFE`
 /// wait for another CPU's store also wakes when no `SEV` comes, and sees its deadline. Through
-/// CNTKCTL_EL1 at EL1 and CNTHCTL_EL2 at EL2 (EVNTEN is bit 2 and EVNTI bits [7:4] in both of
+/// CNTKCTL_EL1 at EL1 and CNTHCTL_EL2 at EL2 (EVNTEN is bit 2 and EVNTI bits \[7:4\] in both of
 /// CNTHCTL_EL2's layouts).
 pub fn enable_event_stream() {
     const EVNTEN: u64 = 1 << 2;
