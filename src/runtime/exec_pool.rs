@@ -40,8 +40,7 @@ impl<R: RegimeControl> Platform for Demo<R> {
     }
 
     fn relax() {
-        crate::runtime::smp::serve_requests();
-        crate::runtime::smp::pause();
+        crate::runtime::smp::relax();
     }
 
     fn stop_others_and_run(change: &mut dyn FnMut()) -> Result<(), NotStopped> {

@@ -167,6 +167,15 @@ pub fn serve_requests() {
     rendezvous::join_if_started();
 }
 
+/// One turn of waiting for a lock with interrupts masked: serve the others, then [`pause`]. Out
+/// of line and cold, so that a lock's uncontended path carries none of it.
+#[cold]
+#[inline(never)]
+pub fn relax() {
+    serve_requests();
+    pause();
+}
+
 /// One turn of a spin wait: `YIELD`, a hint that costs a cycle on a core and lets an emulator
 /// run another virtual CPU (QEMU's round-robin mode switches on it), so that a waiter does not
 /// burn the time of the CPU it waits for.
