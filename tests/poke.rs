@@ -555,6 +555,17 @@ fn busy_masked_for_ms(ms: u64) -> u64 {
     runtime::irq::without_interrupts(|| busy_for_ms(ms))
 }
 
+/// The CPUs online other than this one, and the first of them (to keep busy); `None`, said,
+/// when this is the only CPU online.
+fn others_and_one_to_be_busy() -> Option<(Vec<usize>, usize)> {
+    let others = other_cpus();
+    let Some(&busy) = others.first() else {
+        println!("  one CPU online: no CPU to be busy");
+        return None;
+    };
+    Some((others, busy))
+}
+
 /// Posts `f(ms)` to `cpu` and waits until it runs.
 fn make_busy(cpu: usize, f: fn(u64) -> u64, ms: u64) {
     BUSY_STARTED.store(false, Ordering::Release);
@@ -568,9 +579,7 @@ fn make_busy(cpu: usize, f: fn(u64) -> u64, ms: u64) {
 /// A busy CPU (interrupts unmasked) is stopped by the rendezvous SGI: the batch runs while it is
 /// busy, and its work goes on afterwards.
 fn batch_patch_interrupts_a_busy_cpu() {
-    let others = other_cpus();
-    let Some(&busy) = others.first() else {
-        println!("  one CPU online: no CPU to be busy");
+    let Some((_, busy)) = others_and_one_to_be_busy() else {
         return;
     };
     let at = pack() + 0x9000;
@@ -590,9 +599,7 @@ fn batch_patch_interrupts_a_busy_cpu() {
 /// batch fail with its name, nothing written, the other CPUs let go; once it is back the same
 /// batch runs and every CPU runs the new code.
 fn rendezvous_names_a_cpu_that_never_arrives() {
-    let others = other_cpus();
-    let Some(&busy) = others.first() else {
-        println!("  one CPU online: no CPU to be busy");
+    let Some((others, busy)) = others_and_one_to_be_busy() else {
         return;
     };
     let at = pack() + 0x9000;
