@@ -12,8 +12,13 @@
 //! third sets, exceed loom's branch limit at a preemption bound of 2), and bounded polls multiply
 //! the interleavings.
 //!
-//! The preemption bound is `LOOM_MAX_PREEMPTIONS` when set, else the one each model names.
+//! Weakening any release or acquire of the protocols to Relaxed, dropping one of their wake-ups,
+//! or letting a participant leave before the release, makes one of the models fail (checked by
+//! mutating the protocols by hand).
+//!
+//! The preemption bound is `LOOM_MAX_PREEMPTIONS` when set, else the one each model names (2).
 
+use core::cell::Cell;
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use loom::thread::{self, Thread};
@@ -103,25 +108,25 @@ mod rendezvous {
     const OTHERS: u64 = 0b110;
 
     /// A participant's side: waits for round `round` to start, then takes part in it, waking the
-    /// leader when it arrives. `entered` is set before it arrives (so a leader that saw the
-    /// arrival sees it), `arrived` once it did (in the `wake` that follows an arrival).
+    /// leader when it arrives. `entering` runs before it arrives (so a leader that saw the
+    /// arrival sees what it did), `arrived` once it did (in the `wake` that follows an arrival).
     fn take_part(
         rv: &Rendezvous,
         cpu: usize,
         round: usize,
         cpus: &Cpus,
-        entered: &AtomicBool,
-        arrived: &AtomicBool,
+        entering: impl FnOnce(),
+        arrived: impl Fn(),
     ) {
         while rv.current_round() < round {
             cpus.wfe(cpu);
         }
-        entered.store(true, Ordering::Relaxed);
+        entering();
         rv.participate(
             cpu,
             || cpus.wfe(cpu),
             || {
-                arrived.store(true, Ordering::Release);
+                arrived();
                 cpus.sev(LEADER);
             },
         );
@@ -132,25 +137,29 @@ mod rendezvous {
     /// `participate` (each entered it, and none has returned from it); no participant returns
     /// before the change ran, and each, once released, sees the change's Relaxed store (the
     /// release of `released`, acquired by the participants, orders it); no CPU sleeps through the
-    /// wake-up it waits for. Preemption bound 3.
+    /// wake-up it waits for. Preemption bound 2.
     #[test]
     fn change_runs_with_everyone_stopped_and_is_seen_after() {
-        model(3, || {
+        model(2, || {
             let rv = Arc::new(Rendezvous::new());
             let changed = AtomicBool::new(false);
             // Participants that returned from `participate`: read and written by RMWs only, so
             // each access sees the newest value (no stale read can hide an early return).
             let left = Arc::new(AtomicUsize::new(0));
             let entered: [AtomicBool; 3] = core::array::from_fn(|_| AtomicBool::new(false));
-            let arrived: [AtomicBool; 3] = core::array::from_fn(|_| AtomicBool::new(false));
             let shared = (rv.clone(), left.clone());
             run_cpus(3, move |cpu, cpus| {
                 if cpu != 0 {
-                    take_part(&rv, cpu, 1, cpus, &entered[cpu], &arrived[cpu]);
-                    assert!(
-                        arrived[cpu].load(Ordering::Relaxed),
-                        "CPU {cpu} did not join round 1"
+                    let joined = Cell::new(false);
+                    take_part(
+                        &rv,
+                        cpu,
+                        1,
+                        cpus,
+                        || entered[cpu].store(true, Ordering::Relaxed),
+                        || joined.set(true),
                     );
+                    assert!(joined.get(), "CPU {cpu} did not join round 1");
                     assert!(
                         changed.load(Ordering::Relaxed),
                         "CPU {cpu} released before the change, or does not see it"
@@ -191,18 +200,24 @@ mod rendezvous {
     /// in round 2 only, proves: round 1, given up once CPU 1 arrived, fails naming CPU 2 and does
     /// not run its change, and CPU 1 is let go (its wait ends); round 2, given up once CPU 2
     /// arrived, fails naming CPU 1 (its arrival for round 1 is not counted) and does not run its
-    /// change, and CPU 2 is let go. Preemption bound 3.
+    /// change, and CPU 2 is let go. Preemption bound 2.
     #[test]
     fn a_round_given_up_lets_go_and_its_arrivals_do_not_count_in_the_next() {
-        model(3, || {
+        model(2, || {
             let rv = Arc::new(Rendezvous::new());
             // Set by each CPU's `wake` after its arrival; the leader gives up once it is set.
             let arrived: [AtomicBool; 3] = core::array::from_fn(|_| AtomicBool::new(false));
             let shared = rv.clone();
             run_cpus(3, move |cpu, cpus| {
                 if cpu != 0 {
-                    let entered = AtomicBool::new(false);
-                    take_part(&rv, cpu, cpu, cpus, &entered, &arrived[cpu]);
+                    take_part(
+                        &rv,
+                        cpu,
+                        cpu,
+                        cpus,
+                        || {},
+                        || arrived[cpu].store(true, Ordering::Release),
+                    );
                     return;
                 }
                 // Gives up at the first poll after the one that saw `cpu`'s arrival: the
@@ -247,40 +262,43 @@ mod publish {
     use crate::sync::publish::Publication;
 
     const CPUS: usize = 3;
+    /// The writers (CPUs 0 and 1); CPU 2 only answers.
     const WRITERS: usize = 2;
+    /// The requests made in all: one per writer.
+    const REQUESTS: u64 = WRITERS as u64;
 
-    /// Two writers (CPUs 0 and 1) and an answering CPU (2): each writer stores its code (a
-    /// Relaxed store of its version), requests, wakes the others (its IPI), and waits for the two
-    /// other CPUs, answering its own pending requests meanwhile (and after, until both writers are
-    /// done), so writers waiting for each other cannot deadlock; each answer wakes the others.
+    /// Two writers (CPUs 0 and 1) and an answering CPU (2): each writer writes its code (a
+    /// Relaxed store), requests, wakes the others (its IPI), and waits for the two other CPUs,
+    /// answering pending requests meanwhile, so writers waiting for each other cannot deadlock;
+    /// an answer wakes the writers, and each CPU answers until it has answered both requests.
     /// Proves: every wait succeeds (no CPU sleeps through a request or an answer), and when a
-    /// writer's wait returns, each other CPU's snapshot taken in its `synchronise` shows that
-    /// writer's code: every other CPU synchronised after the code was written. Preemption bound 2.
+    /// writer's wait returns, each other CPU's snapshot of the code taken in its `synchronise`
+    /// shows it: every other CPU synchronised after the code was written. Preemption bound 2.
     #[test]
     fn after_wait_every_other_cpu_synchronised_after_the_code_was_written() {
         model(2, || {
             let publication = Publication::<CPUS>::new();
+            // Each writer's code: 1 once written.
             let code: [AtomicU64; WRITERS] = core::array::from_fn(|_| AtomicU64::new(0));
-            // What each CPU saw of each writer's code in its latest `synchronise`.
+            // What each CPU saw of each (other) writer's code in its latest `synchronise`.
             let seen: [[AtomicU64; WRITERS]; CPUS] =
                 core::array::from_fn(|_| core::array::from_fn(|_| AtomicU64::new(0)));
-            let done = AtomicUsize::new(0);
             run_cpus(CPUS, move |cpu, cpus| {
-                let others = ((1u64 << CPUS) - 1) & !(1 << cpu);
+                let me = 1u64 << cpu;
+                let others = ((1u64 << CPUS) - 1) & !me;
                 let serve = || {
                     if publication.pending(cpu) {
                         publication.answer(cpu, || {
-                            for (writer, code) in code.iter().enumerate() {
-                                let version = code.load(Ordering::Relaxed);
+                            for writer in (0..WRITERS).filter(|&writer| writer != cpu) {
+                                let version = code[writer].load(Ordering::Relaxed);
                                 seen[cpu][writer].store(version, Ordering::Relaxed);
                             }
                         });
-                        cpus.sev(others);
+                        cpus.sev(((1 << WRITERS) - 1) & !me);
                     }
                 };
                 if cpu < WRITERS {
-                    let version = cpu as u64 + 1;
-                    code[cpu].store(version, Ordering::Relaxed);
+                    code[cpu].store(1, Ordering::Relaxed);
                     let request = publication.request();
                     cpus.sev(others);
                     let waited = publication.wait(request, others, || {
@@ -290,17 +308,16 @@ mod publish {
                     });
                     assert_eq!(waited, Ok(()));
                     for other in (0..CPUS).filter(|&other| other != cpu) {
-                        assert!(
-                            seen[other][cpu].load(Ordering::Relaxed) >= version,
+                        assert_eq!(
+                            seen[other][cpu].load(Ordering::Relaxed),
+                            1,
                             "CPU {other} answered writer {cpu} before seeing its code"
                         );
                     }
-                    done.fetch_add(1, Ordering::Release);
-                    cpus.sev(others);
                 }
                 loop {
                     serve();
-                    if done.load(Ordering::Acquire) == WRITERS {
+                    if publication.answered(cpu) == REQUESTS {
                         break;
                     }
                     cpus.wfe(cpu);

@@ -103,7 +103,6 @@ impl<const N: usize> Publication<N> {
     }
 }
 
-#[cfg(not(loom))]
 impl<const N: usize> Default for Publication<N> {
     fn default() -> Self {
         Self::new()

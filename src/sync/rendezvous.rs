@@ -121,7 +121,6 @@ impl Rendezvous {
     }
 }
 
-#[cfg(not(loom))]
 impl Default for Rendezvous {
     fn default() -> Self {
         Self::new()
