@@ -148,3 +148,16 @@ impl<P: Platform, T> Drop for IrqWriteGuard<'_, P, T> {
         P::restore_interrupts(self.saved);
     }
 }
+
+impl<P: Platform, const N: usize> crate::sync::released::QueueLock<N>
+    for IrqMutex<P, crate::sync::released::Queue<N>>
+{
+    type Guard<'a>
+        = IrqMutexGuard<'a, P, crate::sync::released::Queue<N>>
+    where
+        Self: 'a;
+
+    fn lock(&self) -> Self::Guard<'_> {
+        IrqMutex::lock(self)
+    }
+}

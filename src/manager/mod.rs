@@ -45,6 +45,8 @@ use spin::Once;
 
 use lock::{IrqMutex, IrqRwLock};
 
+use crate::sync::released::{Queue, ReleaseQueue};
+
 use crate::arch::aarch64::mmu::BroadcastTlb;
 use crate::layout::Region;
 use crate::mmu::control::RegimeControl;
@@ -57,8 +59,8 @@ use crate::pack::{
 use crate::poke::cache::MaintenancePlan;
 use crate::poke::{ExecRegion, PokeError};
 
+use pool::Pool;
 pub use pool::PoolError;
-use pool::{Pool, ReleasedPacks};
 
 /// Most CPUs one manager serves: one 4 KiB poke slot each in the fixmap window.
 pub const MAX_CPUS: usize = 64;
@@ -288,7 +290,7 @@ pub struct ExecManager<P: Platform> {
     /// The level-3 entry of each CPU's poke slot (stable: tables are never freed).
     slot_entries: [AtomicPtr<u64>; MAX_CPUS],
     /// Packs the allocator released, unmapped once its lock is dropped.
-    released: IrqMutex<P, ReleasedPacks>,
+    released: ReleaseQueue<IrqMutex<P, Queue<MAX_PACKS>>>,
     /// Serialises patches of live code (Linux `text_mutex`).
     patch_lock: IrqMutex<P, ()>,
     /// 4 KiB alias mappings made so far, for reports and tests.
@@ -316,7 +318,7 @@ impl<P: Platform> ExecManager<P> {
             tables: IrqMutex::new(None),
             pool: IrqRwLock::new(None),
             slot_entries: [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS],
-            released: IrqMutex::new(ReleasedPacks::new()),
+            released: ReleaseQueue::new(IrqMutex::new(Queue::new())),
             patch_lock: IrqMutex::new(()),
             alias_maps: AtomicUsize::new(0),
             allocator: Once::new(),
@@ -548,11 +550,12 @@ impl<P: Platform> ExecManager<P> {
     /// Unmaps the packs the allocator released. Called without the allocator's lock (after a
     /// free), and with it before mapping (so a released pack is gone before its VA is used again).
     fn unmap_released_packs(&self) {
-        let mut queue = self.released.lock();
-        for va in queue.drain() {
+        // The queue's protocol (`crate::sync::released`, model-checked): its lock is held until
+        // every pack taken is unmapped.
+        self.released.drain(|va| {
             // The allocator released exactly this pack; it is mapped until now.
             let _ = self.unmap_pack_for(va, false);
-        }
+        });
     }
 }
 
@@ -624,9 +627,10 @@ impl<P: Platform> PackBackend for Backend<P> {
 
     /// Queued: the caller unmaps after dropping the allocator's lock.
     fn unmap_packs(&mut self, va: u64, count: usize) {
-        let mut queue = self.manager.released.lock();
         for i in 0..count {
-            queue.push(va + (i * PACK_SIZE) as u64);
+            // A pack is released once before it is unmapped: the queue never overflows (a pack
+            // that did not fit would only stay mapped, BRK-filled, RX).
+            let _ = self.manager.released.push(va + (i * PACK_SIZE) as u64);
         }
     }
 

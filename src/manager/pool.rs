@@ -111,39 +111,6 @@ impl<F: PackFrames> Pool<F> {
     }
 }
 
-/// Packs the allocator has released but that are still mapped: their unmapping (break-before-make
-/// with a broadcast TLBI, which waits for every CPU) is done after the allocator's lock is
-/// dropped, so other CPUs can allocate and free meanwhile. Whoever drains the queue holds its lock
-/// until the packs are unmapped, so a pack is never seen as both released and mapped by a new
-/// owner.
-pub(super) struct ReleasedPacks {
-    packs: [u64; MAX_PACKS],
-    len: usize,
-}
-
-impl ReleasedPacks {
-    pub(super) const fn new() -> Self {
-        Self {
-            packs: [0; MAX_PACKS],
-            len: 0,
-        }
-    }
-
-    pub(super) fn push(&mut self, va: u64) {
-        // A pack is released at most once before it is unmapped, so this never overflows; if it
-        // did, the pack would only stay mapped (BRK-filled, RX), which the audit accepts.
-        if self.len < MAX_PACKS {
-            self.packs[self.len] = va;
-            self.len += 1;
-        }
-    }
-
-    pub(super) fn drain(&mut self) -> impl Iterator<Item = u64> + '_ {
-        let len = core::mem::replace(&mut self.len, 0);
-        self.packs[..len].iter().copied()
-    }
-}
-
 /// The 2 MiB block of the fixmap window a fresh pack is filled through.
 pub(crate) fn fill_block(config: &Config) -> u64 {
     config.fixmap.start + BLOCK_SIZE_2M

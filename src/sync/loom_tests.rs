@@ -326,3 +326,112 @@ mod publish {
         });
     }
 }
+
+mod released {
+    //! The released-pack queue under the manager's discipline: a pack is pushed while the
+    //! allocator's lock is held; the freeing CPU drains after dropping it; a CPU about to map a
+    //! pack again drains first, under the allocator's lock.
+    use super::*;
+    use crate::sync::released::{Queue, QueueLock, ReleaseQueue};
+    use loom::sync::{Mutex, MutexGuard};
+
+    /// loom's mutex as the queue's lock.
+    struct LoomLock(Mutex<Queue<4>>);
+
+    impl QueueLock<4> for LoomLock {
+        type Guard<'a> = MutexGuard<'a, Queue<4>>;
+        fn lock(&self) -> Self::Guard<'_> {
+            self.0.lock().unwrap()
+        }
+    }
+
+    /// The model's state: the queue, the allocator's lock with whether pack P is free (released
+    /// by its owner), and each pack's mapping (a counter: 1 mapped, 0 not).
+    struct Packs {
+        queue: ReleaseQueue<LoomLock>,
+        allocator: Mutex<[bool; 2]>,
+        mapped: [AtomicUsize; 2],
+        unmaps: [AtomicUsize; 2],
+    }
+
+    impl Packs {
+        fn unmap(&self, va: u64) {
+            let pack = va as usize;
+            let was = self.mapped[pack].fetch_sub(1, Ordering::Relaxed);
+            assert_eq!(was, 1, "pack {pack} unmapped while not mapped");
+            self.unmaps[pack].fetch_add(1, Ordering::Relaxed);
+        }
+
+        /// A free that empties pack `pack`: released under the allocator's lock, unmapped after.
+        fn free(&self, pack: usize) {
+            {
+                let mut free = self.allocator.lock().unwrap();
+                free[pack] = true;
+                assert!(self.queue.push(pack as u64));
+            }
+            self.queue.drain(|va| self.unmap(va));
+        }
+
+        /// An allocation that wants pack `pack` mapped again, once its owner released it: under
+        /// the allocator's lock, drains first, then maps. Returns whether it did.
+        fn alloc_again(&self, pack: usize) -> bool {
+            let mut free = self.allocator.lock().unwrap();
+            if !free[pack] {
+                return false;
+            }
+            self.queue.drain(|va| self.unmap(va));
+            let was = self.mapped[pack].fetch_add(1, Ordering::Relaxed);
+            assert_eq!(
+                was, 0,
+                "pack {pack} mapped again while its old mapping was still there"
+            );
+            free[pack] = false;
+            true
+        }
+    }
+
+    /// Two CPUs each free a pack (0 and 1) while a third maps pack 0 again as soon as it is
+    /// released, proves: each released pack is unmapped exactly once (by whichever CPU drained
+    /// it); the reallocating CPU never maps pack 0 while its old mapping is still there, though
+    /// the freeing CPU's own drain may not have run yet; and no CPU unmaps the new mapping.
+    /// Preemption bound 2. (A drain that lets the lock go before its unmaps are done fails it.)
+    #[test]
+    fn a_released_pack_is_unmapped_once_and_before_it_is_mapped_again() {
+        model(2, || {
+            let packs = Arc::new(Packs {
+                queue: ReleaseQueue::new(LoomLock(Mutex::new(Queue::new()))),
+                allocator: Mutex::new([false; 2]),
+                mapped: [AtomicUsize::new(1), AtomicUsize::new(1)],
+                unmaps: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            });
+            let spawn = |f: fn(&Packs)| {
+                let packs = packs.clone();
+                thread::spawn(move || f(&packs))
+            };
+            let threads = [
+                spawn(|p| p.free(0)),
+                spawn(|p| p.free(1)),
+                spawn(|p| {
+                    let _ = p.alloc_again(0);
+                }),
+            ];
+            for t in threads {
+                t.join().unwrap();
+            }
+            let reused = packs.mapped[0].load(Ordering::Relaxed);
+            assert_eq!(
+                packs.unmaps[0].load(Ordering::Relaxed),
+                1,
+                "pack 0 unmapped once"
+            );
+            assert_eq!(
+                packs.unmaps[1].load(Ordering::Relaxed),
+                1,
+                "pack 1 unmapped once"
+            );
+            assert_eq!(packs.mapped[1].load(Ordering::Relaxed), 0);
+            // Pack 0 is mapped again exactly when the third CPU found it released.
+            assert!(reused <= 1);
+        });
+    }
+}

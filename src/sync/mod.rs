@@ -3,6 +3,7 @@
 //! every interleaving of them with `loom` (`RUSTFLAGS="--cfg loom"`, run by `make test`).
 
 pub mod publish;
+pub mod released;
 pub mod rendezvous;
 
 #[cfg(all(test, loom))]
