@@ -372,9 +372,9 @@ fn start_callers(others: &[usize], addr: u64, values: [u32; 2]) {
 /// Times QEMU kept running a translation of the old code after the store (see
 /// `check_change_seen`).
 static QEMU_RESTORES: AtomicU64 = AtomicU64::new(0);
-/// More than this many and the test fails: a store that never reaches the callers is a bug here,
-/// not QEMU's rare stale translation.
-const MAX_QEMU_RESTORES: u64 = 2;
+/// More than this many (of 400 changes) and the test fails: a store that never reaches the
+/// callers fails every change, QEMU's stale translation a few (up to 3 seen in one run).
+const MAX_QEMU_RESTORES: u64 = 20;
 
 /// After a change to `version` that was published: every caller makes calls on it, and runs
 /// the other version at most once more (the call it was in when its CPU synchronised). Returns
