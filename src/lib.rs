@@ -32,6 +32,7 @@ pub mod fault;
 pub mod layout;
 pub mod machine;
 pub mod mmu;
+pub mod module;
 pub mod pack;
 pub mod poke;
 pub mod sync;

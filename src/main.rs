@@ -1,6 +1,7 @@
 //! The execmem demo kernel (`make run`): boots, prints the boot report and the address space,
 //! JITs a few functions into an exec pack through the text poke, calls them, patches one live the
-//! way ftrace does (NOP → B), and ends with the page-table audit.
+//! way ftrace does (NOP → B), loads two kernel modules (one calling the other) into the same
+//! packs as BPF-sized JIT'd programs, and ends with the page-table audit.
 
 #![cfg_attr(target_os = "none", no_std)]
 #![cfg_attr(target_os = "none", no_main)]
@@ -9,15 +10,21 @@
 mod demo {
     use execmem::bench::workload::{Rng, bpf_size};
     use execmem::layout::Size;
+    use execmem::module::{ModuleId, Segment};
     use execmem::poke::insn::{self, CodeBuf, W0};
     use execmem::println;
     use execmem::runtime::slot::{self, ExecSlot};
-    use execmem::runtime::{exec_pool, memory, mmu, poke, report};
+    use execmem::runtime::{exec_pool, memory, mmu, modules, poke, report};
+
+    const HELLO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/modules/hello.o"));
+    const USER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/modules/user.o"));
 
     fn main() {
         report::print_boot_report();
         jit_demo();
+        let loaded = load_modules();
         slot_workload();
+        unload_modules(loaded);
         let violations = exec_pool::audit();
         println!("audit: {} violations", violations.len());
         for violation in &violations {
@@ -122,6 +129,81 @@ mod demo {
         if let Err(e) = exec_pool::unmap_pack(pack) {
             println!("jit: unmap failed: {e}");
         }
+    }
+
+    /// Loads `hello` (calls kernel exports) and `user` (calls hello), calls them, and shows where
+    /// their segments went.
+    fn load_modules() -> alloc::vec::Vec<ModuleId> {
+        let mut loaded = alloc::vec::Vec::new();
+        for (name, file) in [("hello", HELLO), ("user", USER)] {
+            // SAFETY: the demo's modules are built from tests/modules with the kernel.
+            match unsafe { modules::load(name, file) } {
+                Ok(id) => loaded.push(id),
+                Err(e) => {
+                    println!("modules: {name} refused: {e}");
+                    return loaded;
+                }
+            }
+        }
+        for m in modules::loaded() {
+            let mut parts = alloc::vec::Vec::new();
+            for (segment, rights) in [
+                (Segment::Text, "RX, in pack"),
+                (Segment::Rodata, "RO, XN"),
+                (Segment::Data, "RW, XN"),
+            ] {
+                let (addr, size) = m.segment(segment);
+                if size > 0 {
+                    let pack = if segment == Segment::Text {
+                        alloc::format!(" {:#x}", addr & !0x1f_ffff)
+                    } else {
+                        alloc::string::String::new()
+                    };
+                    parts.push(alloc::format!(
+                        "{} {addr:#x}+{size} ({rights}{pack})",
+                        segment.name()
+                    ));
+                }
+            }
+            let exports: alloc::vec::Vec<&str> =
+                m.exports().iter().map(|(n, _)| n.as_str()).collect();
+            println!(
+                "modules: {} loaded, {} relocations: {}; exports {}",
+                m.name(),
+                m.relocations(),
+                parts.join(", "),
+                exports.join(", ")
+            );
+        }
+        if let Some(addr) = modules::symbol("user_calls_hello") {
+            // SAFETY: `user_calls_hello` is `extern "C" fn(u64) -> u64` in the loaded `user`.
+            let f: extern "C" fn(u64) -> u64 = unsafe { core::mem::transmute(addr as usize) };
+            println!(
+                "modules: user_calls_hello(5) = {} (user -> hello -> kernel_add, +1, +10)",
+                f(5)
+            );
+        }
+        loaded
+    }
+
+    /// Unloads in reverse order (hello first is refused: user uses it).
+    fn unload_modules(loaded: alloc::vec::Vec<ModuleId>) {
+        if let Some(&first) = loaded.first() {
+            // SAFETY: no CPU runs module code now.
+            if let Err(e) = unsafe { modules::unload(first) } {
+                println!("modules: unloading hello first is refused: {e}");
+            }
+        }
+        for id in loaded.into_iter().rev() {
+            // SAFETY: as above.
+            if let Err(e) = unsafe { modules::unload(id) } {
+                println!("modules: unload failed: {e}");
+            }
+        }
+        println!(
+            "modules: all unloaded; live bytes (text, rodata, data) {:?}",
+            modules::live_bytes()
+        );
     }
 
     /// 600 programs of BPF sizes, each JIT'd and called, then a third freed and 200 more added:

@@ -28,16 +28,19 @@ pub struct Needs {
     pub fixmap: u64,
     /// The fewest bytes of exec frames the manager runs with.
     pub min_frames: u64,
+    /// RAM for loaded modules' data and rodata, mapped page by page as modules come and go.
+    pub module_data: u64,
 }
 
 impl Needs {
     /// What the demo runtime asks for: a 32 MiB heap, a 64 MiB pool window (32 packs), the 4 MiB
-    /// fixmap, and at least 8 MiB of frames (4 packs).
+    /// fixmap, at least 8 MiB of frames (4 packs), and 4 MiB for module data.
     pub const STANDARD: Needs = Needs {
         heap: 32 << 20,
         pool: 64 << 20,
         fixmap: 4 << 20,
         min_frames: 8 << 20,
+        module_data: 4 << 20,
     };
 }
 
@@ -53,6 +56,9 @@ pub struct MemoryPlan {
     pub exec_frames: Region,
     /// The fixmap window (poke slots, then the fill block); never mapped but during a poke or fill.
     pub fixmap: Region,
+    /// RAM for module data and rodata (2 MiB aligned): identity-mapped page by page while a
+    /// module holds it, RW + XN or (rodata) RO + XN, and mapped nowhere else.
+    pub module_data: Region,
     /// RAM left for ordinary data mappings (RW + XN), in address order.
     pub free_ram: ArrayVec<Region, MAX_PIECES>,
 }
@@ -78,6 +84,11 @@ pub enum PlanError {
     },
     /// No 2 MiB-aligned free RAM for the heap.
     NoRoomForHeap {
+        /// Bytes needed.
+        need: u64,
+    },
+    /// No 2 MiB-aligned free RAM for module data.
+    NoRoomForModuleData {
         /// Bytes needed.
         need: u64,
     },
@@ -112,6 +123,11 @@ impl fmt::Display for PlanError {
             Self::NoRoomForHeap { need } => write!(
                 f,
                 "RAM too small: no 2 MiB-aligned {} left for the heap",
+                Size(*need)
+            ),
+            Self::NoRoomForModuleData { need } => write!(
+                f,
+                "RAM too small: no 2 MiB-aligned {} left for module data",
                 Size(*need)
             ),
             Self::NoRoomForFrames { need, largest } => write!(
@@ -188,6 +204,13 @@ pub fn place(
         .map(|start| Region::new("heap", start, needs.heap))
         .ok_or(PlanError::NoRoomForHeap { need: needs.heap })?;
     let free = layout::subtract::<MAX_PIECES>(&free, &[heap]).ok_or(PlanError::TooFragmented)?;
+    let module_data = aligned_fit(&free, needs.module_data, heap.end())
+        .map(|start| Region::new("module data", start, needs.module_data))
+        .ok_or(PlanError::NoRoomForModuleData {
+            need: needs.module_data,
+        })?;
+    let free =
+        layout::subtract::<MAX_PIECES>(&free, &[module_data]).ok_or(PlanError::TooFragmented)?;
 
     let (exec_frames, free) = if over_ram {
         (
@@ -226,6 +249,7 @@ pub fn place(
         exec_pool,
         exec_frames,
         fixmap,
+        module_data,
         free_ram,
     })
 }

@@ -48,6 +48,12 @@ fn assert_sound(machine: &Machine, image: Region, text: Region, plan: &MemoryPla
     };
     assert!(in_ram(&plan.heap), "heap {} in RAM", plan.heap);
     assert!(
+        in_ram(&plan.module_data) && plan.module_data.size == NEEDS.module_data,
+        "module data {} in RAM",
+        plan.module_data
+    );
+    assert!(plan.module_data.start.is_multiple_of(2 * MIB));
+    assert!(
         in_ram(&plan.exec_frames),
         "frames {} in RAM",
         plan.exec_frames
@@ -71,7 +77,7 @@ fn assert_sound(machine: &Machine, image: Region, text: Region, plan: &MemoryPla
         "the null page stays unmapped"
     );
     // Nothing the kernel uses overlaps anything else, and nothing overlaps what is reserved.
-    let mut used = alloc::vec![image, plan.heap, plan.exec_frames];
+    let mut used = alloc::vec![image, plan.heap, plan.module_data, plan.exec_frames];
     used.extend(plan.free_ram.iter().copied());
     for (i, a) in used.iter().enumerate() {
         for b in &used[i + 1..] {
@@ -82,7 +88,7 @@ fn assert_sound(machine: &Machine, image: Region, text: Region, plan: &MemoryPla
         }
     }
     for d in devices(machine) {
-        for placed in [image, plan.heap, plan.exec_frames]
+        for placed in [image, plan.heap, plan.module_data, plan.exec_frames]
             .iter()
             .chain(&plan.free_ram)
         {
@@ -91,7 +97,7 @@ fn assert_sound(machine: &Machine, image: Region, text: Region, plan: &MemoryPla
     }
     let windows = [plan.exec_pool, plan.fixmap];
     for w in windows {
-        for other in [image, plan.heap]
+        for other in [image, plan.heap, plan.module_data]
             .iter()
             .chain(&plan.free_ram)
             .chain(&machine.reserved)
@@ -166,11 +172,16 @@ fn qemu_virt_plan_matches_the_layout_the_board_had() {
         Region::new("exec frames (PA)", 0x5c00_0000, 64 * MIB)
     );
     assert_eq!(p.heap.start, 0x4040_0000);
-    // Everything else is ordinary RAM: all but the tree (two pages), the image, heap and frames.
+    assert_eq!(
+        p.module_data,
+        Region::new("module data", 0x4240_0000, 4 * MIB)
+    );
+    // Everything else is ordinary RAM: all but the tree (two pages), the image, heap, module data
+    // and frames.
     let mapped: u64 = p.free_ram.iter().map(|r| r.size).sum();
     assert_eq!(
         mapped,
-        512 * MIB - 0x2000 - VIRT_IMAGE.size - 32 * MIB - 64 * MIB
+        512 * MIB - 0x2000 - VIRT_IMAGE.size - 32 * MIB - 4 * MIB - 64 * MIB
     );
 }
 

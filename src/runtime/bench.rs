@@ -10,7 +10,9 @@
 //!   live/reserved density and packs used against the ideal ceil(live / 2 MiB);
 //! - (c) `text_copy` of 4 B, 256 B, 4 KiB and 64 KiB on the real backend, against the floor: a plain
 //!   copy into RW memory plus the cache maintenance that range needs;
-//! - (d) `patch_insn` (NOP <-> B), against one store plus the maintenance of one instruction.
+//! - (d) `patch_insn` (NOP <-> B), against one store plus the maintenance of one instruction;
+//! - (e) SMP, (f) publication (see their functions);
+//! - (g) the module loader: load and unload per module, per relocation, per KiB of text.
 //!
 //! The allocator workloads run over [`NullBackend`] (mapping and BRK fill cost nothing), so they
 //! measure the allocators alone; the loop's own cost, measured with [`NullSlots`], is subtracted.
@@ -577,6 +579,156 @@ fn workload_smp(config: &Config, out: &mut Vec<Figure>) {
     let _ = slot::free(target);
 }
 
+/// (g) The module loader: load and unload of each test module (parse, place, link, write and
+/// publish the text, seal rodata, run init; then exit and free), the link step's cost per
+/// relocation (the same object with every relocation turned into R_AARCH64_NONE, subtracted), and
+/// the cost per KiB of text (a module of 64 KiB of code and no relocation).
+fn workload_modules(config: &Config, out: &mut Vec<Figure>) {
+    use crate::module::Segment;
+    use crate::module::elf::Object;
+    use crate::runtime::modules;
+    println!(
+        "(g) module loader: instructions per load and per unload (text written through the poke and published)"
+    );
+    modules::set_log(false);
+    for (name, file) in MODULES {
+        let mut text = 0;
+        let mut relocations = 0;
+        let mut unload_cost = Vec::new();
+        let load_cost = median_per_op(config.rounds, 1, || {
+            // SAFETY: the test modules are this repository's own; none is running.
+            let id = match unsafe { modules::load(name, file) } {
+                Ok(id) => id,
+                Err(e) => {
+                    println!("    {name}: {e}");
+                    return;
+                }
+            };
+            if let Some(m) = modules::loaded().into_iter().find(|m| m.id() == id) {
+                text = m.segment(Segment::Text).1;
+                relocations = m.relocations();
+            }
+            let start = pmu::instructions();
+            // SAFETY: nothing calls into the module.
+            let _ = unsafe { modules::unload(id) };
+            unload_cost.push(u64::from(pmu::instructions().wrapping_sub(start)));
+        });
+        unload_cost.sort_unstable();
+        let unload = unload_cost.get(unload_cost.len() / 2).copied().unwrap_or(0);
+        println!(
+            "    {name:<6} text {text:>6} B, {relocations:>3} relocations: load {load_cost:>7} ({:>5} per KiB of text), unload {unload:>6}",
+            load_cost * 1024 / text.max(1) as u64
+        );
+        out.push(Figure {
+            workload: "module_load",
+            allocator: "execmem",
+            params: alloc::format!(
+                "\"module\": \"{name}\", \"text_bytes\": {text}, \"relocations\": {relocations}"
+            ),
+            value: load_cost,
+            unit: "instructions",
+        });
+        out.push(Figure {
+            workload: "module_unload",
+            allocator: "execmem",
+            params: alloc::format!("\"module\": \"{name}\""),
+            value: unload,
+            unit: "instructions",
+        });
+    }
+    modules::set_log(true);
+    // Per relocation: the link step of `relocs` as built, less the same with no relocation
+    // applied (each RELA entry's type set to R_AARCH64_NONE), over the entries.
+    let file = aligned(RELOCS);
+    let mut stripped = file.clone();
+    let count = strip_relocations(as_bytes_mut(&mut stripped));
+    let link = |words: &[u64]| -> u64 {
+        let bytes = as_bytes(words, RELOCS.len());
+        median_per_op(config.rounds, 1, || {
+            if let Ok(object) = Object::parse(bytes) {
+                let layout = object.layout();
+                let base = [0x1000_0000, 0x1400_0000, 0x1800_0000];
+                let _ = object.link(&layout, base, |name| {
+                    modules::symbol(name).or(Some(0x1000_0000))
+                });
+            }
+        })
+    };
+    let (full, none) = (link(&file), link(&stripped));
+    let per = full.saturating_sub(none) / count.max(1) as u64;
+    println!(
+        "    link step of relocs: {full} with its {count} relocations, {none} with none: {per} per relocation (symbol lookup included)"
+    );
+    out.push(Figure {
+        workload: "module_relocation",
+        allocator: "execmem",
+        params: alloc::format!("\"relocations\": {count}"),
+        value: per,
+        unit: "instructions",
+    });
+}
+
+const MODULES: [(&str, &[u8]); 3] = [
+    (
+        "hello",
+        include_bytes!(concat!(env!("OUT_DIR"), "/modules/hello.o")),
+    ),
+    ("relocs", RELOCS),
+    (
+        "bulk",
+        include_bytes!(concat!(env!("OUT_DIR"), "/modules/bulk.o")),
+    ),
+];
+const RELOCS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/modules/relocs.o"));
+
+/// `bytes` in 8-byte-aligned storage.
+fn aligned(bytes: &[u8]) -> Vec<u64> {
+    let mut words = vec![0u64; bytes.len().div_ceil(8)];
+    as_bytes_mut(&mut words)[..bytes.len()].copy_from_slice(bytes);
+    words
+}
+
+fn as_bytes(words: &[u64], len: usize) -> &[u8] {
+    // SAFETY: `len` is at most the words' byte length (they were made from `len` bytes).
+    unsafe { core::slice::from_raw_parts(words.as_ptr().cast::<u8>(), len.min(words.len() * 8)) }
+}
+
+fn as_bytes_mut(words: &mut [u64]) -> &mut [u8] {
+    // SAFETY: any byte pattern is a valid u8; the slice covers exactly the words.
+    unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 8) }
+}
+
+/// Sets the type of every RELA entry of an ELF64 object to R_AARCH64_NONE; returns how many.
+fn strip_relocations(file: &mut [u8]) -> usize {
+    let read = |f: &[u8], at: usize, n: usize| -> u64 {
+        f.get(at..at + n).map_or(0, |b| {
+            let mut v = [0u8; 8];
+            v[..n].copy_from_slice(b);
+            u64::from_le_bytes(v)
+        })
+    };
+    let shoff = read(file, 0x28, 8) as usize;
+    let shnum = read(file, 0x3c, 2) as usize;
+    let mut count = 0;
+    for i in 0..shnum {
+        let sh = shoff + i * 64;
+        if read(file, sh + 4, 4) != 4 {
+            continue; // not SHT_RELA
+        }
+        let (offset, size) = (
+            read(file, sh + 24, 8) as usize,
+            read(file, sh + 32, 8) as usize,
+        );
+        for entry in (offset..offset + size).step_by(24) {
+            if let Some(r_type) = file.get_mut(entry + 8..entry + 12) {
+                r_type.copy_from_slice(&0u32.to_le_bytes());
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
 /// Runs every workload and prints the table, then the figures as JSON between
 /// `BEGIN results.json` and `END results.json` lines (`make bench` writes them to a file).
 pub fn run(scale: Scale) {
@@ -598,6 +750,7 @@ pub fn run(scale: Scale) {
     workload_text(&config, &mut figures);
     workload_publish(&config, &mut figures);
     workload_smp(&config, &mut figures);
+    workload_modules(&config, &mut figures);
 
     let mut json = String::from("[\n");
     for (i, f) in figures.iter().enumerate() {

@@ -18,6 +18,7 @@
 //!  │ kernel .data/.bss    │ RW, XN
 //!  │ guard | stack (×4)   │ guard unmapped; stack RW, XN
 //!  │ heap                 │ RW, XN (2 MiB blocks)
+//!  │ module data          │ 4 KiB pages, mapped while a module holds them: RW, XN or RO, XN
 //!  │ rest of RAM          │ RW, XN — except the exec frames, which are mapped nowhere, and
 //!  │                      │ reserved memory and the device tree, which are left alone
 //!  └──────────────────────┘
@@ -202,7 +203,7 @@ pub fn check_exec_layout(image: &KernelImage, plan: &MemoryPlan) -> Result<(), L
             text: image.text,
         });
     }
-    let fixed = [image.all(), plan.heap, pool, fixmap];
+    let fixed = [image.all(), plan.heap, plan.module_data, pool, fixmap];
     for (i, a) in fixed.iter().enumerate() {
         for b in &fixed[i + 1..] {
             if a.overlaps(b) {
@@ -286,6 +287,12 @@ fn build_and_enable<R: RegimeControl>(
     let mut tables = AddressSpace::<R>::new().map_err(|e| LayoutError::Map(placed.heap, e))?;
     // The tables are not live yet: no TLB maintenance is needed while building them.
     let mut not_live = NoMaintenance;
+    // Module data is mapped page by page later: its level-3 tables now, so those changes write
+    // leaves only and never link a table into tables the manager walks too.
+    let module_data = placed.module_data;
+    tables
+        .reserve_pages(module_data.start, module_data.size, &mut not_live)
+        .map_err(|e| LayoutError::Map(module_data, e))?;
     for &(region, role, granularity) in plan {
         tables
             .map(
@@ -308,6 +315,30 @@ fn build_and_enable<R: RegimeControl>(
     // `written` covers everything stored to since reset (.data/.bss, stacks, heap).
     unsafe { hw::enable::<R>(tables.root(), cpu::midr(), &written) }.map_err(LayoutError::Cpu)?;
     Ok(tables)
+}
+
+/// Maps `size` bytes of module data at `pa` (inside the plan's module-data region) at the same
+/// VA as `role` ([`Role::Data`] or [`Role::Rodata`]), in 4 KiB pages. Only invalid entries are
+/// written, in tables created at boot.
+pub fn map_module_data(pa: u64, size: u64, role: Role) -> Result<(), MapError> {
+    let region = memory::plan().module_data;
+    if !matches!(role, Role::Data | Role::Rodata)
+        || pa < region.start
+        || pa.checked_add(size).is_none_or(|end| end > region.end())
+    {
+        return Err(MapError::VaOutOfRange { va: pa, size });
+    }
+    on_tables!(t => t.map(pa, pa, size, role, Granularity::Pages, &mut hw::BroadcastTlb::new()))
+}
+
+/// Removes module-data pages mapped with [`map_module_data`], with a broadcast TLB invalidation of
+/// each: once this returns no CPU can reach them.
+pub fn unmap_module_data(pa: u64, size: u64) -> Result<(), MapError> {
+    let region = memory::plan().module_data;
+    if pa < region.start || pa.checked_add(size).is_none_or(|end| end > region.end()) {
+        return Err(MapError::VaOutOfRange { va: pa, size });
+    }
+    on_tables!(t => t.unmap(pa, size, &mut hw::BroadcastTlb::new()))
 }
 
 /// The root of the live kernel tables and its VA range.
@@ -499,6 +530,13 @@ pub fn print_layout() {
         frames.start,
         frames.end(),
         Size(frames.size)
+    );
+    let modules = memory::plan().module_data;
+    crate::println!(
+        "  {:#012x}..{:#012x} {:>9}  module data: pages mapped while a module holds them (RW + XN, rodata RO + XN)",
+        modules.start,
+        modules.end(),
+        Size(modules.size)
     );
 }
 

@@ -19,6 +19,7 @@ pub mod irq;
 pub mod memory;
 pub mod mmio;
 pub mod mmu;
+pub mod modules;
 mod panic;
 pub mod pl011;
 pub mod poke;
