@@ -35,7 +35,9 @@ pub mod mmu;
 pub mod module;
 pub mod pack;
 pub mod poke;
+pub mod probe;
 pub mod sync;
+pub mod trace;
 
 #[cfg(target_arch = "aarch64")]
 pub mod arch;

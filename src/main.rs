@@ -13,8 +13,9 @@ mod demo {
     use execmem::module::{ModuleId, Segment};
     use execmem::poke::insn::{self, CodeBuf, W0};
     use execmem::println;
+    use execmem::probe::decode::Regs;
     use execmem::runtime::slot::{self, ExecSlot};
-    use execmem::runtime::{exec_pool, memory, mmu, modules, poke, report};
+    use execmem::runtime::{exec_pool, memory, mmu, modules, poke, probe, report, trace};
 
     const HELLO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/modules/hello.o"));
     const USER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/modules/user.o"));
@@ -22,9 +23,8 @@ mod demo {
     fn main() {
         report::print_boot_report();
         jit_demo();
-        let loaded = load_modules();
+        one_block_for_every_user();
         slot_workload();
-        unload_modules(loaded);
         let violations = exec_pool::audit();
         println!("audit: {} violations", violations.len());
         for violation in &violations {
@@ -203,6 +203,274 @@ mod demo {
         println!(
             "modules: all unloaded; live bytes (text, rodata, data) {:?}",
             modules::live_bytes()
+        );
+    }
+
+    /// Who owns a slot, in the pack map.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum User {
+        Module,
+        Trampoline,
+        Probe,
+        Jit,
+    }
+
+    impl User {
+        const ALL: [User; 4] = [User::Module, User::Trampoline, User::Probe, User::Jit];
+
+        fn letter(self) -> char {
+            match self {
+                User::Module => 'M',
+                User::Trampoline => 'T',
+                User::Probe => 'P',
+                User::Jit => 'J',
+            }
+        }
+
+        fn name(self) -> &'static str {
+            match self {
+                User::Module => "module text",
+                User::Trampoline => "trace trampolines",
+                User::Probe => "probe out-of-line slots",
+                User::Jit => "JIT'd BPF programs",
+            }
+        }
+    }
+
+    macro_rules! demo_traceable {
+        ($($name:ident = $k:literal),*) => {
+            $(execmem::traceable! {
+                /// A kernel function the demo traces.
+                extern "C" fn $name(x: u64) -> u64 { x.wrapping_mul($k) }
+            })*
+            const TRACED: &[(&str, extern "C" fn(u64) -> u64, u64)] = &[$((stringify!($name), $name, $k)),*];
+        };
+    }
+    demo_traceable!(
+        vfs_read = 2,
+        vfs_write = 3,
+        tcp_sendmsg = 5,
+        tcp_recvmsg = 7,
+        do_sys_open = 11,
+        schedule = 13,
+        kmalloc = 17,
+        kfree = 19
+    );
+
+    /// Probed kernel code: an ordinary instruction (out of line) and a branch (simulated).
+    #[unsafe(naked)]
+    extern "C" fn probed_add(x: u64) -> u64 {
+        core::arch::naked_asm!(
+            "add x0, x0, #40",
+            "b 1f",
+            "mov x0, #0",
+            "1: add x0, x0, #2",
+            "ret"
+        )
+    }
+
+    static TRACER_CALLS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+    static PROBE_HITS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+    extern "C" fn tracer(_function: u64, _args: &[u64; 8], _cookie: u64) {
+        TRACER_CALLS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn on_probe(_regs: &mut Regs, _cookie: u64) {
+        PROBE_HITS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The picture the design is for: two modules, traced functions, probes and BPF-sized JIT'd
+    /// programs, all in one 2 MiB exec block; then all of it removed and the pack released.
+    fn one_block_for_every_user() {
+        use core::sync::atomic::Ordering::Relaxed;
+        println!(
+            "users: modules, ftrace trampolines, kprobes and JIT'd programs in the same packs"
+        );
+        let loaded = load_modules();
+        for &(name, f, _) in TRACED {
+            if let Err(e) = trace::trace(f as *const () as u64, tracer, 0) {
+                println!("users: trace {name}: {e}");
+            }
+        }
+        let wrong = TRACED.iter().filter(|&&(_, f, k)| f(10) != 10 * k).count();
+        println!(
+            "users: {} functions traced (NOP -> B to a 120-byte trampoline each), called: {} tracer calls, {wrong} wrong results",
+            trace::traced().len(),
+            TRACER_CALLS.load(Relaxed)
+        );
+        let site = probed_add as *const () as u64;
+        for at in [site, site + 4] {
+            if let Err(e) = probe::add(at, on_probe, 0) {
+                println!("users: probe {at:#x}: {e}");
+            }
+        }
+        println!(
+            "users: probes on `add` (out of line) and `b` (simulated) at {site:#x}: probed_add(1) = {} (unprobed 43), {} hits",
+            probed_add(1),
+            PROBE_HITS.load(Relaxed)
+        );
+        let mut rng = Rng::new(7);
+        let mut jit: alloc::vec::Vec<ExecSlot> = alloc::vec::Vec::new();
+        for id in 0..300u16 {
+            let Ok(slot) = slot::alloc(bpf_size(&mut rng)) else {
+                break;
+            };
+            let mut code = CodeBuf::new(slot.addr());
+            code.push(insn::movz(W0, id, 0).expect("movz"));
+            code.push(insn::ret());
+            if slot::write(&slot, 0, &code.as_bytes()).is_ok() {
+                jit.push(slot);
+            }
+        }
+        let wrong = jit
+            .iter()
+            .enumerate()
+            .filter(|(id, s)| call(s.addr()) != *id as u32)
+            .count();
+        println!(
+            "users: {} BPF-sized programs JIT'd and called: {wrong} wrong results",
+            jit.len()
+        );
+
+        // Who owns what, from the users' own records.
+        let mut owned: alloc::vec::Vec<(u64, usize, User)> = alloc::vec::Vec::new();
+        for m in modules::loaded() {
+            let (addr, size) = m.segment(Segment::Text);
+            if size > 0 {
+                owned.push((addr, size, User::Module));
+            }
+        }
+        for t in trace::traced() {
+            owned.push((
+                t.trampoline,
+                execmem::trace::TRAMPOLINE_BYTES,
+                User::Trampoline,
+            ));
+        }
+        for (_, xol, size) in probe::out_of_line_slots() {
+            owned.push((xol, size, User::Probe));
+        }
+        for s in &jit {
+            owned.push((s.addr(), s.size(), User::Jit));
+        }
+        // The exec blocks, from the live tables the hardware walks.
+        let blocks: alloc::vec::Vec<_> = mmu::live_runs()
+            .into_iter()
+            .filter(|r| r.role == Some(execmem::mmu::Role::ExecPool))
+            .collect();
+        for b in &blocks {
+            println!(
+                "users: exec block {:#x}..{:#x} ({}, {} x {} leaf, {}) -> PA {:#x}",
+                b.va,
+                b.va + b.size,
+                Size(b.size),
+                b.size / b.leaf_size,
+                Size(b.leaf_size),
+                b.permissions,
+                b.pa
+            );
+        }
+        let inside = owned
+            .iter()
+            .filter(|(a, s, _)| {
+                blocks
+                    .iter()
+                    .any(|b| *a >= b.va && a + *s as u64 <= b.va + b.size)
+            })
+            .count();
+        println!(
+            "users: {} of {} slots lie in {} exec block(s) of the live tables",
+            inside,
+            owned.len(),
+            blocks.len()
+        );
+        for user in User::ALL {
+            let (n, bytes) = owned
+                .iter()
+                .filter(|o| o.2 == user)
+                .fold((0, 0), |(n, b), o| (n + 1, b + o.1));
+            println!(
+                "  {} {:<24} {n:>4} slots, {:>9} live",
+                user.letter(),
+                user.name(),
+                alloc::format!("{}", Size(bytes as u64))
+            );
+        }
+        println!(
+            "users: pack map, one character per 2 KiB: M, T or P if a module, trampoline or probe slot is there, else J for JIT'd code, '.' free:"
+        );
+        const CELL: u64 = 2 << 10;
+        for b in &blocks {
+            for line in 0..b.size / (64 * CELL) {
+                let row: alloc::string::String = (0..64)
+                    .map(|col| {
+                        let start = b.va + (line * 64 + col) * CELL;
+                        let end = start + CELL;
+                        User::ALL
+                            .into_iter()
+                            .find(|&u| {
+                                owned
+                                    .iter()
+                                    .any(|&(a, s, o)| o == u && a < end && a + s as u64 > start)
+                            })
+                            .map_or('.', User::letter)
+                    })
+                    .collect();
+                println!("  {:#x} {row}", b.va + line * 64 * CELL);
+            }
+            // The small users up close: the 4 KiB holding most module, trampoline and probe
+            // slots, one character per 64-byte chunk.
+            let small = |page: u64| {
+                owned
+                    .iter()
+                    .filter(|o| o.2 != User::Jit && o.0 >> 12 == page)
+                    .count()
+            };
+            let page = (b.va >> 12..(b.va + b.size) >> 12).max_by_key(|&p| small(p));
+            if let Some(page) = page.filter(|&p| small(p) > 0) {
+                let row: alloc::string::String = (0..64)
+                    .map(|chunk| {
+                        let at = (page << 12) + chunk * 64;
+                        owned
+                            .iter()
+                            .find(|&&(a, s, _)| a < at + 64 && a + s as u64 > at)
+                            .map_or('.', |o| o.2.letter())
+                    })
+                    .collect();
+                println!(
+                    "  {:#x} {row}  (4 KiB, one character per 64-byte chunk)",
+                    page << 12
+                );
+            }
+        }
+        let violations = exec_pool::audit();
+        println!(
+            "users: audit with everything live: {} violations",
+            violations.len()
+        );
+
+        for s in jit {
+            let _ = slot::free(s);
+        }
+        for at in probe::probed() {
+            if let Err(e) = probe::remove(at) {
+                println!("users: remove probe: {e}");
+            }
+        }
+        for t in trace::traced() {
+            if let Err(e) = trace::untrace(t.function) {
+                println!("users: untrace: {e}");
+            }
+        }
+        unload_modules(loaded);
+        let _ = slot::trim();
+        println!(
+            "users: all removed: {} trampolines and {} probes left, {} live slots, {} packs mapped",
+            trace::traced().len() + trace::reap(),
+            probe::probed().len() + probe::reap(),
+            slot::stats().live_slots,
+            exec_pool::live_packs().len()
         );
     }
 

@@ -407,6 +407,10 @@ fn bad_modules_are_refused_with_nothing_left() {
             }
         ),
     ];
+    // A section whose contents lie outside the file: the first PROGBITS section's offset.
+    cases.push(("a section outside", section_outside(HELLO), |e| {
+        matches!(e, LoadError::SectionOutsideFile { .. })
+    }));
     // Too large: a bss past every limit (the size of the first NOBITS section).
     cases.push(("too large", huge_bss(HELLO), |e| {
         matches!(
@@ -442,6 +446,22 @@ fn bad_modules_are_refused_with_nothing_left() {
     unload(hello).unwrap();
     assert_eq!(held(), before);
     assert_audit_clean();
+}
+
+/// `file` with its first PROGBITS section's contents moved past the end of the file.
+fn section_outside(file: &[u8]) -> Vec<u8> {
+    let shoff = u64::from_le_bytes(file[0x28..0x30].try_into().unwrap()) as usize;
+    let shnum = u16::from_le_bytes(file[0x3c..0x3e].try_into().unwrap()) as usize;
+    let mut f = file.to_vec();
+    for i in 1..shnum {
+        let at = shoff + i * 64;
+        let size = u64::from_le_bytes(f[at + 32..at + 40].try_into().unwrap());
+        if u32::from_le_bytes(f[at + 4..at + 8].try_into().unwrap()) == 1 && size > 0 {
+            f[at + 24..at + 32].copy_from_slice(&(file.len() as u64).to_le_bytes());
+            return f;
+        }
+    }
+    panic!("the module has no PROGBITS section");
 }
 
 /// `file` with its first NOBITS section grown to 1 GiB.

@@ -117,6 +117,30 @@ pub trait Platform: Sized + 'static {
     /// next synchronises.
     fn synchronise_others() -> Result<(), NotSynchronised>;
 
+    /// Returns once every other CPU that may execute exec memory has been seen, since this call
+    /// began, at a point outside every range in `ranges` (code no CPU can newly enter: an
+    /// unlinked trampoline), so that none is or will be executing there and the memory may be
+    /// reused (Linux `synchronize_rcu_tasks` before freeing an ftrace trampoline). Code in such a
+    /// range runs with interrupts masked but for its first two and last instructions
+    /// ([`crate::trace`]), so "seen" means: interrupted at a PC outside the ranges. A kernel with
+    /// one CPU online returns `Ok(())`. The default cannot tell, and says so: the caller keeps
+    /// the memory.
+    fn wait_outside(ranges: &[Range<u64>]) -> Result<(), NotSynchronised> {
+        let _ = ranges;
+        Err(NotSynchronised { cpu: usize::MAX })
+    }
+
+    /// Whether live code changes ([`ExecManager::patch_insn`], [`ExecManager::patch_batch`])
+    /// store each instruction a second time, after the first store and its maintenance. No
+    /// hardware needs it. QEMU's TCG does (10.0, one host thread per CPU): it drops the
+    /// translations of a page before a store to it lands, so a CPU that translates the page in
+    /// between keeps the old instruction in a new translation, on every CPU, until the page is
+    /// written again. The second store of the same bytes drops that translation, and every
+    /// translation made after it reads the new instruction. The default is `false`.
+    fn store_code_twice() -> bool {
+        false
+    }
+
     /// What a CPU does in each turn of waiting for one of the manager's locks, which it takes
     /// with interrupts masked. A kernel whose other CPUs may wait for this one (a stop-the-world
     /// round, [`Platform::synchronise_others`]) serves their requests here, or a CPU waiting for
@@ -314,6 +338,9 @@ impl<P: Platform> ExecManager<P> {
                 pool_end: AtomicU64::new(0),
                 fixmap: AtomicU64::new(0),
                 cpus: AtomicUsize::new(0),
+                text_start: AtomicU64::new(0),
+                text_end: AtomicU64::new(0),
+                text_pa: AtomicU64::new(0),
             },
             tables: IrqMutex::new(None),
             pool: IrqRwLock::new(None),
@@ -568,6 +595,11 @@ struct Hot {
     pool_end: AtomicU64,
     fixmap: AtomicU64,
     cpus: AtomicUsize,
+    /// The kernel text [`ExecManager::allow_kernel_text_patching`] opened to `patch_insn` and
+    /// `patch_batch`: its VA range and the PA of its start (0, 0: none).
+    text_start: AtomicU64,
+    text_end: AtomicU64,
+    text_pa: AtomicU64,
 }
 
 /// Checks the windows against each other, the limits and the root's VA range.

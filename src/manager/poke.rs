@@ -13,6 +13,7 @@ use core::sync::atomic::Ordering;
 use super::pool::{Records, exec_pa};
 use super::{ExecManager, Platform};
 use crate::arch::aarch64::{cache, mmu::BroadcastTlb};
+use crate::layout::Region;
 use crate::mmu::{BLOCK_SIZE_2M, PAGE_SIZE, Regime, Role, TlbMaintenance};
 use crate::poke::{self, ExecRegion, INSN_BYTES, PokeError};
 
@@ -31,6 +32,69 @@ impl<P: Platform> ExecManager<P> {
     pub fn poke_slot(&self, cpu: usize) -> Option<u64> {
         let cpus = self.hot.cpus.load(Ordering::Acquire);
         (cpu < cpus).then(|| self.hot.fixmap.load(Ordering::Relaxed) + cpu as u64 * PAGE_SIZE)
+    }
+
+    /// Opens the kernel's own text to [`ExecManager::patch_insn`], [`ExecManager::patch_batch`]
+    /// and [`ExecManager::read_insn`] (Linux ftrace and kprobes patch kernel text through the same
+    /// fixmap poke, `patch_map`): each patch maps the physical page behind the instruction at this
+    /// CPU's poke slot, as for exec memory. `text` is the code's VA range (4 KiB aligned) and
+    /// `pa` the physical address of its first byte. Copies (`write`, `text_copy`, `text_set`)
+    /// stay limited to the exec pool. Once only.
+    ///
+    /// # Safety
+    /// `text` is mapped read-only + executable to `pa..pa + text.size` (normal memory) for as long
+    /// as the manager is used, nothing else writes it, and it does not overlap the pool.
+    pub unsafe fn allow_kernel_text_patching(
+        &self,
+        text: Region,
+        pa: u64,
+    ) -> Result<(), PokeError> {
+        let page = PAGE_SIZE;
+        let bad = PokeError::NotExecMemory { addr: text.start };
+        if text.size == 0
+            || !text.start.is_multiple_of(page)
+            || !text.size.is_multiple_of(page)
+            || !pa.is_multiple_of(page)
+            || text.start.checked_add(text.size).is_none()
+            || pa.checked_add(text.size).is_none_or(|end| end > 1 << 48)
+        {
+            return Err(bad);
+        }
+        let pool =
+            self.hot.pool_start.load(Ordering::Relaxed)..self.hot.pool_end.load(Ordering::Relaxed);
+        if text.start < pool.end && pool.start < text.end() {
+            return Err(bad);
+        }
+        // Written once, before any patch can look (a second call is refused): PA and end first,
+        // the start last (Release), so a reader that sees the start sees the rest.
+        if self.hot.text_end.load(Ordering::Acquire) != 0 {
+            return Err(bad);
+        }
+        self.hot.text_pa.store(pa, Ordering::Relaxed);
+        self.hot.text_end.store(text.end(), Ordering::Release);
+        self.hot.text_start.store(text.start, Ordering::Release);
+        Ok(())
+    }
+
+    /// The PA behind `va` for a patch: in a mapped pack (the held `records`), or in the kernel
+    /// text opened to patching.
+    fn patch_pa(&self, records: &Records<'_, P>, va: u64) -> Option<u64> {
+        exec_pa(records, va).or_else(|| {
+            let start = self.hot.text_start.load(Ordering::Acquire);
+            let end = self.hot.text_end.load(Ordering::Acquire);
+            (start != 0 && (start..end).contains(&va))
+                .then(|| self.hot.text_pa.load(Ordering::Relaxed) + (va - start))
+        })
+    }
+
+    /// The instruction at `addr` (aligned, in a mapped pack or the patchable kernel text).
+    fn read_patchable(&self, records: &Records<'_, P>, addr: u64) -> Result<u32, PokeError> {
+        poke::check_insn_aligned(addr)?;
+        self.patch_pa(records, addr)
+            .ok_or(PokeError::NotExecMemory { addr })?;
+        // SAFETY: `addr` is aligned and inside a mapped pack (which cannot be unmapped while
+        // `records` is held) or the kernel text opened to patching: RO + X, readable.
+        Ok(unsafe { ptr::read_volatile(addr as *const u32) })
     }
 
     /// The pack position of the pool window holding `dst` (address arithmetic only; whether it
@@ -139,9 +203,10 @@ impl<P: Platform> ExecManager<P> {
         P::synchronise_others().map_err(|e| PokeError::NotSynchronised { cpu: e.cpu })
     }
 
-    /// Reads the instruction at exec address `addr` (exec memory is readable).
+    /// Reads the instruction at exec address `addr` (exec memory is readable), or in the kernel
+    /// text opened to patching.
     pub fn read_insn(&self, addr: u64) -> Result<u32, PokeError> {
-        read_mapped(&self.pool.read(), addr)
+        self.read_patchable(&self.pool.read(), addr)
     }
 
     /// Replaces one instruction in code that may be running on other CPUs: a single aligned
@@ -155,14 +220,19 @@ impl<P: Platform> ExecManager<P> {
     pub fn patch_insn(&self, addr: u64, expected_old: u32, new: u32) -> Result<(), PokeError> {
         let _patching = self.patch_lock.lock();
         let records = self.pool.read();
-        let found = read_mapped(&records, addr)?;
+        let found = self.read_patchable(&records, addr)?;
         poke::check_old(addr, expected_old, found)?;
         poke::check_pair(found, new)?;
-        self.write_through_alias(&records, addr, INSN_BYTES, |alias, _, _| {
+        let store = |alias: *mut u8, _, _| {
             // SAFETY: one aligned 32-bit store into the alias page (the CMODX single-copy-atomic
             // write).
             unsafe { alias.cast::<u32>().write_volatile(new) };
-        })
+        };
+        self.write_through_alias(&records, addr, INSN_BYTES, store)?;
+        if P::store_code_twice() {
+            self.write_through_alias(&records, addr, INSN_BYTES, store)?;
+        }
+        Ok(())
     }
 
     /// Arbitrary instruction changes, made while every other CPU waits
@@ -176,7 +246,8 @@ impl<P: Platform> ExecManager<P> {
         let records = self.pool.read();
         for &(addr, _) in patches {
             poke::check_insn_aligned(addr)?;
-            exec_pa(&records, addr).ok_or(PokeError::NotExecMemory { addr })?;
+            self.patch_pa(&records, addr)
+                .ok_or(PokeError::NotExecMemory { addr })?;
         }
         let plan = self
             .maintenance_plan()
@@ -197,16 +268,19 @@ impl<P: Platform> ExecManager<P> {
                 false
             }
         });
+        let passes = if P::store_code_twice() { 2 } else { 1 };
         P::stop_others_and_run(&mut || {
-            for &(addr, new) in patches {
-                self.store_through_alias(&records, slot, addr, INSN_BYTES, |alias, _, _| {
-                    // SAFETY: one aligned 32-bit store into the alias page; the others are
-                    // stopped.
-                    unsafe { alias.cast::<u32>().write_volatile(new) };
-                });
-            }
-            for &(start, end) in &ranges {
-                cache::sync_code_range(plan, start, end);
+            for _ in 0..passes {
+                for &(addr, new) in patches {
+                    self.store_through_alias(&records, slot, addr, INSN_BYTES, |alias, _, _| {
+                        // SAFETY: one aligned 32-bit store into the alias page; the others are
+                        // stopped.
+                        unsafe { alias.cast::<u32>().write_volatile(new) };
+                    });
+                }
+                for &(start, end) in &ranges {
+                    cache::sync_code_range(plan, start, end);
+                }
             }
         })
         .map_err(|stopped| PokeError::CpuNotStopped { cpu: stopped.cpu })
@@ -266,7 +340,7 @@ impl<P: Platform> ExecManager<P> {
         while offset < len {
             let at = dst + offset as u64;
             let in_page = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(len - offset);
-            let Some(pa) = exec_pa(records, at) else {
+            let Some(pa) = self.patch_pa(records, at) else {
                 // Checked by the caller under the same records; never reached.
                 return;
             };
@@ -321,16 +395,4 @@ fn check_mapped<F: super::PackFrames>(
         at = (at | (BLOCK_SIZE_2M - 1)).saturating_add(1);
     }
     Ok(())
-}
-
-/// The instruction at `addr`, which must be aligned and in a pack the held `records` show mapped.
-fn read_mapped<F: super::PackFrames>(
-    records: &Option<super::pool::Pool<F>>,
-    addr: u64,
-) -> Result<u32, PokeError> {
-    poke::check_insn_aligned(addr)?;
-    exec_pa(records, addr).ok_or(PokeError::NotExecMemory { addr })?;
-    // SAFETY: `addr` is aligned and inside a mapped pack (RO + X, readable), which cannot be
-    // unmapped while `records` is held.
-    Ok(unsafe { ptr::read_volatile(addr as *const u32) })
 }

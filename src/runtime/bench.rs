@@ -12,7 +12,8 @@
 //!   copy into RW memory plus the cache maintenance that range needs;
 //! - (d) `patch_insn` (NOP <-> B), against one store plus the maintenance of one instruction;
 //! - (e) SMP, (f) publication (see their functions);
-//! - (g) the module loader: load and unload per module, per relocation, per KiB of text.
+//! - (g) the module loader: load and unload per module, per relocation, per KiB of text;
+//! - (h) tracing (trace, untrace, a traced call) and probes (a hit, out of line and simulated).
 //!
 //! The allocator workloads run over [`NullBackend`] (mapping and BRK fill cost nothing), so they
 //! measure the allocators alone; the loop's own cost, measured with [`NullSlots`], is subtracted.
@@ -591,6 +592,10 @@ fn workload_modules(config: &Config, out: &mut Vec<Figure>) {
         "(g) module loader: instructions per load and per unload (text written through the poke and published)"
     );
     modules::set_log(false);
+    // A slot kept live throughout keeps a pack mapped: otherwise each load into the empty pool
+    // would map a fresh pack (2 MiB of BRK filled through the fixmap), which is the pool's cost,
+    // not the loader's.
+    let keep = slot::alloc(64).ok();
     for (name, file) in MODULES {
         let mut text = 0;
         let mut relocations = 0;
@@ -637,6 +642,9 @@ fn workload_modules(config: &Config, out: &mut Vec<Figure>) {
         });
     }
     modules::set_log(true);
+    if let Some(keep) = keep {
+        let _ = slot::free(keep);
+    }
     // Per relocation: the link step of `relocs` as built, less the same with no relocation
     // applied (each RELA entry's type set to R_AARCH64_NONE), over the entries.
     let file = aligned(RELOCS);
@@ -666,6 +674,119 @@ fn workload_modules(config: &Config, out: &mut Vec<Figure>) {
         value: per,
         unit: "instructions",
     });
+}
+
+crate::traceable! {
+    /// The function the tracing benchmark traces.
+    extern "C" fn bench_traced(x: u64) -> u64 {
+        x.wrapping_add(1)
+    }
+}
+
+/// The function the probe benchmark probes: an ordinary instruction (out of line), a branch
+/// (simulated).
+#[unsafe(naked)]
+extern "C" fn bench_probed(x: u64) -> u64 {
+    core::arch::naked_asm!("add x0, x0, #1", "b 1f", "1: ret")
+}
+
+extern "C" fn bench_tracer(_function: u64, _args: &[u64; 8], _cookie: u64) {}
+
+fn bench_probe_handler(_regs: &mut crate::probe::decode::Regs, _cookie: u64) {}
+
+/// (h) Tracing and probes, with every CPU online: trace (build and publish a trampoline, patch
+/// the entry) and untrace (patch back, publish, wait until no CPU can be inside, free), the cost
+/// of a traced call over an untraced one, and of a probe hit (breakpoint exception, handler, and
+/// the out-of-line step or the simulation) over the bare instruction.
+fn workload_trace_probe(config: &Config, out: &mut Vec<Figure>) {
+    use crate::runtime::{probe, trace};
+    let f = bench_traced as *const () as u64;
+    let calls = config.copy_reps as u64 * 50;
+    let per_call = |calls: u64| {
+        median_per_op(config.rounds, calls as usize, || {
+            let mut x = 0;
+            for _ in 0..calls {
+                x = core::hint::black_box(bench_traced(core::hint::black_box(x)));
+            }
+        })
+    };
+    println!(
+        "(h) tracing and probes ({} other CPUs online), instructions",
+        crate::runtime::smp::online_mask().count_ones() - 1
+    );
+    let untraced = per_call(calls);
+    let mut untrace_cost = Vec::new();
+    let install = median_per_op(config.rounds, 1, || {
+        if trace::trace(f, bench_tracer, 0).is_err() {
+            return;
+        }
+        let start = pmu::instructions();
+        let _ = trace::untrace(f);
+        untrace_cost.push(u64::from(pmu::instructions().wrapping_sub(start)));
+    });
+    untrace_cost.sort_unstable();
+    let removal = untrace_cost
+        .get(untrace_cost.len() / 2)
+        .copied()
+        .unwrap_or(0);
+    let _ = trace::trace(f, bench_tracer, 0);
+    let traced = per_call(calls);
+    let _ = trace::untrace(f);
+    println!(
+        "    trace (trampoline written and published, entry patched, published): {install}; untrace (patched back, published, others seen outside, freed): {removal}"
+    );
+    println!(
+        "    a call: {untraced} untraced, {traced} traced (+{} for the trampoline and an empty tracer)",
+        traced.saturating_sub(untraced)
+    );
+    for (workload, value) in [
+        ("trace_install", install),
+        ("trace_remove", removal),
+        ("traced_call_overhead", traced.saturating_sub(untraced)),
+    ] {
+        out.push(Figure {
+            workload,
+            allocator: "execmem",
+            params: String::from("\"cpus\": 4"),
+            value,
+            unit: "instructions",
+        });
+    }
+    let site = bench_probed as *const () as u64;
+    let probed_calls = |calls: u64| {
+        median_per_op(config.rounds, calls as usize, || {
+            let mut x = 0;
+            for _ in 0..calls {
+                x = core::hint::black_box(bench_probed(core::hint::black_box(x)));
+            }
+        })
+    };
+    let bare = probed_calls(calls);
+    for (kind, at) in [("out of line (add)", site), ("simulated (b)", site + 4)] {
+        if let Err(e) = probe::add(at, bench_probe_handler, 0) {
+            println!("    probe: {e}");
+            continue;
+        }
+        let hit = probed_calls(calls).saturating_sub(bare);
+        let _ = probe::remove(at);
+        println!(
+            "    probe hit, {kind}: +{hit} per hit (exception, table lookup, handler, resume)"
+        );
+        out.push(Figure {
+            workload: "probe_hit_overhead",
+            allocator: "execmem",
+            params: alloc::format!(
+                "\"kind\": \"{}\"",
+                if at == site {
+                    "out_of_line"
+                } else {
+                    "simulated"
+                }
+            ),
+            value: hit,
+            unit: "instructions",
+        });
+    }
 }
 
 const MODULES: [(&str, &[u8]); 3] = [
@@ -733,6 +854,8 @@ fn strip_relocations(file: &mut [u8]) -> usize {
 /// `BEGIN results.json` and `END results.json` lines (`make bench` writes them to a file).
 pub fn run(scale: Scale) {
     pmu::init();
+    // One QEMU thread for all CPUs under -icount: no stale translation to guard against.
+    exec_pool::set_store_code_twice(false);
     let config = Config::of(scale);
     let probe = pmu::instructions();
     let counting = pmu::instructions().wrapping_sub(probe) > 0;
@@ -751,6 +874,7 @@ pub fn run(scale: Scale) {
     workload_publish(&config, &mut figures);
     workload_smp(&config, &mut figures);
     workload_modules(&config, &mut figures);
+    workload_trace_probe(&config, &mut figures);
 
     let mut json = String::from("[\n");
     for (i, f) in figures.iter().enumerate() {

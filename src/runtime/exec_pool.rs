@@ -43,9 +43,34 @@ impl<R: RegimeControl> Platform for Demo<R> {
         crate::runtime::smp::relax();
     }
 
+    fn store_code_twice() -> bool {
+        STORE_CODE_TWICE.load(core::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn wait_outside(ranges: &[Range<u64>]) -> Result<(), NotSynchronised> {
+        crate::runtime::smp::wait_outside(ranges).map_err(|cpu| NotSynchronised { cpu })
+    }
+
     fn stop_others_and_run(change: &mut dyn FnMut()) -> Result<(), NotStopped> {
         rendezvous::stop_others_and_run(change).map_err(|cpu| NotStopped { cpu })
     }
+}
+
+/// Whether live code changes are stored twice ([`Platform::store_code_twice`]): in QEMU builds,
+/// for TCG's stale translations when its CPUs run in threads of their own. The benchmark turns
+/// it off: under `-icount` QEMU runs the CPUs one at a time in one thread, where the race cannot
+/// happen, and the figures are the manager's.
+static STORE_CODE_TWICE: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(cfg!(feature = "qemu"));
+
+/// Whether live code changes are stored twice.
+pub fn store_code_twice() -> bool {
+    STORE_CODE_TWICE.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// Turns the second store of live code changes off (or on again).
+pub fn set_store_code_twice(on: bool) {
+    STORE_CODE_TWICE.store(on, core::sync::atomic::Ordering::Relaxed);
 }
 
 /// The exec frames of the memory plan, in units of 2 MiB: mapped nowhere but as packs.
@@ -121,6 +146,14 @@ pub fn init() {
     let result = with_manager!(m => unsafe { m.init(config, root, HeapTables::IDENTITY, frames) });
     if let Err(e) = result {
         panic!("exec manager ({}): {e}", KernelRegime::current().name());
+    }
+    // ftrace and kprobes patch the kernel's own code: its text is identity-mapped.
+    let text = memory::KernelImage::current().text;
+    // SAFETY: the boot map maps the kernel text RO + X at its physical address, for good, and
+    // nothing writes it; the pool window lies elsewhere (check_exec_layout).
+    let opened = with_manager!(m => unsafe { m.allow_kernel_text_patching(text, text.start) });
+    if let Err(e) = opened {
+        panic!("kernel text {text} cannot be opened to patching: {e}");
     }
 }
 

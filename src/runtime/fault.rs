@@ -62,6 +62,14 @@ pub fn catch(resume: Resume, f: impl FnOnce()) -> Option<FaultReport> {
 
 /// Synchronous exceptions and SErrors (called by the arch layer).
 pub(crate) fn on_exception(kind: VectorKind, report: FaultReport, frame: &mut ExceptionFrame) {
+    // An armed instruction probe: its handler runs and execution goes on past the instruction.
+    if report.class() == ExceptionClass::Brk
+        && report
+            .immediate()
+            .is_some_and(|imm| super::probe::on_brk(imm, frame))
+    {
+        return;
+    }
     // A load and a store, not a swap: this also runs before the MMU is on, where an atomic
     // read-modify-write may never complete (see `runtime::locks_ready`).
     let cpu = slot();
@@ -117,7 +125,9 @@ pub(crate) fn on_stack_overflow(kind: VectorKind, sp: u64, report: FaultReport) 
 /// is enabled), is a bug.
 pub(crate) fn on_interrupt(kind: VectorKind, frame: &mut ExceptionFrame) {
     let unexpected = if kind.name() == "IRQ" {
-        match super::gic::handle() {
+        let mut handled = Ok(());
+        super::smp::while_interrupted_at(frame.elr, || handled = super::gic::handle());
+        match handled {
             Ok(()) => return,
             Err(id) => id,
         }

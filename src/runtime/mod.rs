@@ -23,12 +23,14 @@ pub mod modules;
 mod panic;
 pub mod pl011;
 pub mod poke;
+pub mod probe;
 pub mod rendezvous;
 pub mod report;
 pub mod slot;
 pub mod smp;
 #[cfg(feature = "qemu")]
 pub mod testing;
+pub mod trace;
 
 use core::sync::atomic::{AtomicBool, Ordering};
 

@@ -393,6 +393,50 @@ fn clean_to_poc(start: u64, len: u64) {
     }
 }
 
+/// Each CPU's PC where its interrupt in progress was taken (0: none in progress), for
+/// [`wait_outside`].
+static INTERRUPTED_PC: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// Records where this CPU was interrupted, for the length of `handle`.
+pub(crate) fn while_interrupted_at(pc: u64, handle: impl FnOnce()) {
+    let slot = &INTERRUPTED_PC[this_cpu().min(MAX_CPUS - 1)];
+    let previous = slot.swap(pc, Ordering::Relaxed);
+    handle();
+    slot.store(previous, Ordering::Relaxed);
+}
+
+/// How long [`wait_outside`] keeps trying.
+pub const WAIT_OUTSIDE_TIMEOUT_MS: u64 = 2000;
+
+/// Returns once every other online CPU has been stopped (a rendezvous round) at a point outside
+/// every range in `ranges`: interrupted at a PC outside them, or joined from a wait loop (kernel
+/// code that is in no such range). Rounds are repeated until one finds every CPU outside, for
+/// [`WAIT_OUTSIDE_TIMEOUT_MS`] at most; then the error names a CPU still inside (or one that
+/// could not be stopped).
+pub fn wait_outside(ranges: &[core::ops::Range<u64>]) -> Result<(), usize> {
+    let others = online_mask() & !(1 << this_cpu());
+    if others == 0 {
+        return Ok(());
+    }
+    let deadline = deadline_after_ms(WAIT_OUTSIDE_TIMEOUT_MS);
+    loop {
+        let mut inside = None;
+        rendezvous::stop_others_and_run(|| {
+            for cpu in (0..MAX_CPUS).filter(|c| others & (1 << c) != 0) {
+                let pc = INTERRUPTED_PC[cpu].load(Ordering::Relaxed);
+                if ranges.iter().any(|r| r.contains(&pc)) {
+                    inside = Some(cpu);
+                }
+            }
+        })?;
+        match inside {
+            None => return Ok(()),
+            Some(cpu) if past(deadline) => return Err(cpu),
+            Some(_) => pause(),
+        }
+    }
+}
+
 pub(crate) fn deadline_after_ms(ms: u64) -> u64 {
     use aarch64_cpu::registers::{CNTPCT_EL0, Readable};
     CNTPCT_EL0.get() + cpu::timer_frequency().max(1) * ms / 1000
