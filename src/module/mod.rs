@@ -649,10 +649,10 @@ impl<S: ModuleSpace> Modules<S> {
 
 fn aligned_copy(file: &[u8]) -> Vec<u64> {
     let mut words = alloc::vec![0u64; file.len().div_ceil(8)];
-    for (word, chunk) in words.iter_mut().zip(file.chunks(8)) {
-        let mut bytes = [0u8; 8];
-        bytes[..chunk.len()].copy_from_slice(chunk);
-        *word = u64::from_ne_bytes(bytes);
-    }
+    // SAFETY: `words` has room for `file.len()` bytes (rounded up to whole words), any byte
+    // pattern is a valid u64, and the two do not overlap (`words` is new).
+    unsafe {
+        core::ptr::copy_nonoverlapping(file.as_ptr(), words.as_mut_ptr().cast::<u8>(), file.len())
+    };
     words
 }
