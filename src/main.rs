@@ -295,8 +295,9 @@ mod demo {
         }
         let wrong = TRACED.iter().filter(|&&(_, f, k)| f(10) != 10 * k).count();
         println!(
-            "users: {} functions traced (NOP -> B to a 120-byte trampoline each), called: {} tracer calls, {wrong} wrong results",
+            "users: {} functions traced (NOP -> B to a {}-byte trampoline each), called: {} tracer calls, {wrong} wrong results",
             trace::traced().len(),
+            execmem::trace::TRAMPOLINE_BYTES,
             TRACER_CALLS.load(Relaxed)
         );
         let site = probed_add as *const () as u64;

@@ -135,6 +135,16 @@ asm_fn!(
 asm_fn!(f_add, "add x0, x0, #42", "ret");
 asm_fn!(f_ldxr, "ldxr x1, [x0]", "mov x0, x1", "ret");
 asm_fn!(f_svc, "svc #0", "ret");
+asm_fn!(
+    f_llsc,
+    "1: ldxr x1, [x0]",
+    "add x1, x1, #1",
+    "stxr w2, x1, [x0]",
+    "cbnz w2, 1b",
+    "mov x0, x1",
+    "ret"
+);
+asm_fn!(f_mrs, "mrs x0, daif", "ret");
 
 fn addr(f: extern "C" fn(u64) -> u64) -> u64 {
     f as *const () as u64
@@ -218,11 +228,13 @@ fn every_pc_relative_kind_behaves_as_in_place() {
 
 fn probes_that_cannot_step_out_of_line_are_refused() {
     let before = slot::stats().live_slots;
-    for (f, why) in [
-        (f_ldxr as extern "C" fn(u64) -> u64, Refusal::Exclusive),
-        (f_svc, Refusal::ExceptionGenerating),
+    for (f, offset, why) in [
+        (f_ldxr as extern "C" fn(u64) -> u64, 0, Refusal::Exclusive),
+        (f_svc, 0, Refusal::ExceptionGenerating),
+        (f_llsc, 4, Refusal::InsideExclusive),
+        (f_mrs, 0, Refusal::SystemRegister),
     ] {
-        let site = addr(f);
+        let site = addr(f) + offset;
         let original = poke::read_insn(site).unwrap();
         let error = probe::add(site, count, 0).unwrap_err();
         println!("  {error}");
@@ -232,6 +244,11 @@ fn probes_that_cannot_step_out_of_line_are_refused() {
         );
         assert_eq!(poke::read_insn(site).unwrap(), original, "nothing written");
     }
+    // After the store-exclusive, outside the pair: allowed.
+    let after = addr(f_llsc) + 16;
+    probe::add(after, count, 0).expect("mov after the pair");
+    probe::remove(after).unwrap();
+    assert_eq!(probe::reap(), 0);
     assert_eq!(slot::stats().live_slots, before);
     assert!(probe::probed().is_empty());
 }

@@ -3,12 +3,20 @@
 //! address), or refused (it cannot run anywhere but in place). Linux arm64
 //! `arm_probe_decode_insn` and `simulate-insn.c` make the same three choices.
 //!
-//! Simulated: `B`, `BL`, `B.cond`, `CBZ`/`CBNZ`, `TBZ`/`TBNZ`, `ADR`, `ADRP`, `LDR`/`LDRSW`
-//! (literal) and `PRFM` (literal), and the register branches `BR`, `BLR`, `RET` (`BLR` writes
-//! the return address). Refused: load/store exclusives (a breakpoint between the load and the
-//! store clears the monitor, so the pair never succeeds, Arm ARM B2.9.5), exception-generating
-//! instructions (`BRK`, `HLT`, `SVC`, `HVC`, `SMC`, `DCPSx`), `ERET`, `DRPS`, and SIMD literal
-//! loads. Everything else executes out of line unchanged.
+//! Simulated: `B`, `BL`, `B.cond` and `BC.cond`, `CBZ`/`CBNZ`, `TBZ`/`TBNZ`, `ADR`, `ADRP`,
+//! `LDR`/`LDRSW` (literal) and `PRFM` (literal), and the register branches `BR`, `BLR`, `RET`
+//! (`BLR` writes the return address). Refused:
+//! - load/store exclusives (a breakpoint between the load and the store clears the monitor, so
+//!   the pair never succeeds, Arm ARM B2.9.5; the registry also refuses any instruction between
+//!   an exclusive load and its store);
+//! - exception-generating instructions (`BRK`, `HLT`, `SVC`, `HVC`, `SMC`, `DCPSx`);
+//! - every other branch to a register (`ERET`, `ERETAA/AB`, `DRPS`, and the pointer-authenticated
+//!   `BRAA`, `BLRAA`, `RETAA` forms: an out-of-line `BLRAA` would return into the slot);
+//! - system register moves (`MRS`, `MSR`, `MSR` to PSTATE fields): the breakpoint itself changes
+//!   ELR, SPSR, ESR and FAR, so an out-of-line copy would read or overwrite the exception's;
+//! - SIMD literal loads.
+//!
+//! Everything else executes out of line unchanged.
 
 /// The registers a probe handler sees and a simulation changes: x0–x30, the PC, and PSTATE (for
 /// the condition flags).
@@ -116,8 +124,13 @@ pub enum Refusal {
     Exclusive,
     /// `BRK`, `HLT`, `SVC`, `HVC`, `SMC` or `DCPSx`.
     ExceptionGenerating,
-    /// `ERET` or `DRPS`.
+    /// A branch to a register other than `BR`, `BLR`, `RET`: `ERET`, `DRPS`, or a
+    /// pointer-authenticated form.
     ExceptionReturn,
+    /// A system register move (`MRS`, `MSR`).
+    SystemRegister,
+    /// Between an exclusive load and its store-exclusive.
+    InsideExclusive,
     /// A SIMD and FP literal load.
     SimdLiteral,
 }
@@ -129,7 +142,15 @@ impl core::fmt::Display for Refusal {
                 "a load/store exclusive (a breakpoint inside the pair clears the monitor)"
             }
             Self::ExceptionGenerating => "an exception-generating instruction",
-            Self::ExceptionReturn => "an exception return",
+            Self::ExceptionReturn => {
+                "an exception return or pointer-authenticated branch to a register"
+            }
+            Self::SystemRegister => {
+                "a system register move (the breakpoint changes ELR, SPSR, ESR and FAR)"
+            }
+            Self::InsideExclusive => {
+                "between an exclusive load and its store (the breakpoint would clear the monitor)"
+            }
             Self::SimdLiteral => "a SIMD and FP literal load",
         })
     }
@@ -163,7 +184,8 @@ pub fn decode(insn: u32, pc: u64) -> Decoded {
     match insn {
         _ if insn & 0xfc00_0000 == 0x1400_0000 => sim(Simulated::B(rel(pc, i & 0x3ff_ffff, 26))),
         _ if insn & 0xfc00_0000 == 0x9400_0000 => sim(Simulated::Bl(rel(pc, i & 0x3ff_ffff, 26))),
-        _ if insn & 0xff00_0010 == 0x5400_0000 => sim(Simulated::BCond {
+        // B.cond, and BC.cond (bit 4: FEAT_HBC, the same branch with a hint).
+        _ if insn & 0xff00_0000 == 0x5400_0000 => sim(Simulated::BCond {
             cond: (insn & 0xf) as u8,
             target: rel(pc, imm19, 19),
         }),
@@ -207,12 +229,26 @@ pub fn decode(insn: u32, pc: u64) -> Decoded {
         _ if insn & 0xffff_fc1f == 0xd61f_0000 => sim(Simulated::Br(reg(5))),
         _ if insn & 0xffff_fc1f == 0xd63f_0000 => sim(Simulated::Blr(reg(5))),
         _ if insn & 0xffff_fc1f == 0xd65f_0000 => sim(Simulated::Ret(reg(5))),
+        // Every other unconditional branch to a register.
+        _ if insn & 0xfe00_0000 == 0xd600_0000 => Decoded::Refused(Refusal::ExceptionReturn),
+        // MRS and MSR (register): 1101 0101 00L1 ...; MSR (immediate) to PSTATE: op0 = 0, CRn = 4.
+        _ if insn & 0xffd0_0000 == 0xd510_0000 => Decoded::Refused(Refusal::SystemRegister),
+        _ if insn & 0xfff8_f01f == 0xd500_401f => Decoded::Refused(Refusal::SystemRegister),
         // Load/store exclusive: bits 29..24 = 001000 with o2 (bit 23) clear.
         _ if insn & 0x3f80_0000 == 0x0800_0000 => Decoded::Refused(Refusal::Exclusive),
         _ if insn & 0xff00_0000 == 0xd400_0000 => Decoded::Refused(Refusal::ExceptionGenerating),
-        0xd69f_03e0 | 0xd6bf_03e0 => Decoded::Refused(Refusal::ExceptionReturn),
         _ => Decoded::OutOfLine,
     }
+}
+
+/// Whether `insn` is an exclusive load (`LDXR`, `LDAXR`, `LDXP`, `LDAXP`, any size).
+pub fn is_exclusive_load(insn: u32) -> bool {
+    insn & 0x3f80_0000 == 0x0800_0000 && insn >> 22 & 1 == 1
+}
+
+/// Whether `insn` is a store-exclusive (`STXR`, `STLXR`, `STXP`, `STLXP`, any size).
+pub fn is_exclusive_store(insn: u32) -> bool {
+    insn & 0x3f80_0000 == 0x0800_0000 && insn >> 22 & 1 == 0
 }
 
 /// Whether condition `cond` holds for the flags in `pstate` (Arm ARM C1.2.4, `ConditionHolds`).
@@ -362,6 +398,8 @@ mod tests {
         assert_eq!(r.pc, PC + 4);
         run(0x5400_020e, &mut r); // b.al
         assert_eq!(r.pc, PC + 0x40);
+        run(0x5400_021b, &mut r); // bc.lt (FEAT_HBC): the same branch
+        assert_eq!(r.pc, PC + 0x40);
         r.x[5] = 0x1_0000_0000;
         run(0xb400_0205, &mut r); // cbz x5, +0x40: not zero
         assert_eq!(r.pc, PC + 4);
@@ -417,14 +455,27 @@ mod tests {
         assert_eq!(refused(0xd400_0001), Refusal::ExceptionGenerating); // svc #0
         assert_eq!(refused(0xd400_0002), Refusal::ExceptionGenerating); // hvc #0
         assert_eq!(refused(0xd69f_03e0), Refusal::ExceptionReturn); // eret
+        assert_eq!(refused(0xd69f_0bff), Refusal::ExceptionReturn); // eretaa
+        assert_eq!(refused(0xd6bf_03e0), Refusal::ExceptionReturn); // drps
+        assert_eq!(refused(0xd73f_0820), Refusal::ExceptionReturn); // blraa x1, x0
+        assert_eq!(refused(0xd65f_0bff), Refusal::ExceptionReturn); // retaa
+        assert_eq!(refused(0xd538_4020), Refusal::SystemRegister); // mrs x0, elr_el1
+        assert_eq!(refused(0xd518_4020), Refusal::SystemRegister); // msr elr_el1, x0
+        assert_eq!(refused(0xd53b_4220), Refusal::SystemRegister); // mrs x0, daif
+        assert_eq!(refused(0xd503_43df), Refusal::SystemRegister); // msr daifset, #3
+        assert!(is_exclusive_load(0xc85f_7c20) && !is_exclusive_store(0xc85f_7c20)); // ldxr
+        assert!(is_exclusive_store(0xc802_7c20) && !is_exclusive_load(0xc802_7c20)); // stxr
+        assert!(!is_exclusive_load(0xc8df_fc20)); // ldar: not exclusive
         assert_eq!(refused(0x5c00_0200), Refusal::SimdLiteral); // ldr d0, literal
-        // Out of line: ordinary instructions, and ordered (not exclusive) accesses.
+        // Out of line: ordinary instructions, ordered (not exclusive) accesses, hints and
+        // barriers: add, ldr, nop, ldar, isb, dmb ish.
         for insn in [
             0x8b02_0020u32,
             0xf940_0020,
             0xd503_201f,
             0xc8df_fc20,
-            0xd53b_4220,
+            0xd503_3fdf,
+            0xd503_3bbf,
         ] {
             assert_eq!(decode(insn, PC), Decoded::OutOfLine, "{insn:#010x}");
         }

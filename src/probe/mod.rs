@@ -35,8 +35,11 @@ use decode::{Decoded, Regs};
 pub const PROBE_BRK: u16 = 0x004;
 
 /// A probe's handler: the registers at the probed instruction (before it runs; `pc` is its
-/// address) and the probe's cookie. It may change registers; it runs with interrupts masked and
-/// must not wait for locks another CPU may hold.
+/// address) and the probe's cookie. It may change registers; if it changes `pc`, execution goes
+/// on there and the probed instruction is skipped. It runs with interrupts masked, in the
+/// breakpoint exception, like an NMI handler: it must not take locks, patch or publish code, or
+/// wait for other CPUs in any way (a CPU that joins a stop-the-world round from such a wait is
+/// taken to be outside every out-of-line slot).
 pub type ProbeHandler = fn(regs: &mut Regs, cookie: u64);
 
 /// One probe, as the breakpoint handler reads it.
@@ -140,12 +143,17 @@ impl<const N: usize> ProbeTable<N> {
         let insn = entry.insn.load(Ordering::Relaxed);
         let xol = entry.xol.load(Ordering::Relaxed);
         let cookie = entry.cookie.load(Ordering::Relaxed);
+        let at = regs.pc;
         if handler != 0 {
             // SAFETY: stored by `insert` from a `ProbeHandler`, the only writer of the field.
             let handler: ProbeHandler = unsafe { core::mem::transmute(handler) };
             handler(regs, cookie);
         }
-        match decode::decode(insn, regs.pc) {
+        if regs.pc != at {
+            // The handler redirected execution: the probed instruction is skipped.
+            return true;
+        }
+        match decode::decode(insn, at) {
             Decoded::Simulate(sim) => decode::simulate(sim, regs, load),
             // Refused instructions are never inserted.
             Decoded::OutOfLine | Decoded::Refused(_) => regs.pc = xol,

@@ -129,6 +129,13 @@ impl<P: Platform, const N: usize> Probes<P, N> {
             return Err(ProbeError::AlreadyProbed(addr));
         }
         let original = self.exec.read_insn(addr)?;
+        if self.inside_exclusive(addr) {
+            return Err(ProbeError::Refused {
+                addr,
+                insn: original,
+                why: Refusal::InsideExclusive,
+            });
+        }
         let xol = match decode::decode(original, addr) {
             Decoded::Refused(why) => {
                 return Err(ProbeError::Refused {
@@ -167,6 +174,25 @@ impl<P: Platform, const N: usize> Probes<P, N> {
         });
         self.exec.publish()?;
         Ok(())
+    }
+
+    /// Whether `addr` may lie between an exclusive load and its store (Linux
+    /// `is_probed_address_atomic`): looking back up to 16 instructions, an exclusive load comes
+    /// before any store-exclusive.
+    fn inside_exclusive(&self, addr: u64) -> bool {
+        for back in 1..=16u64 {
+            let Some(at) = addr.checked_sub(4 * back) else {
+                return false;
+            };
+            match self.exec.read_insn(at) {
+                Ok(insn) if decode::is_exclusive_store(insn) => return false,
+                Ok(insn) if decode::is_exclusive_load(insn) => return true,
+                Ok(_) => {}
+                // The start of what may be patched: nothing before it.
+                Err(_) => return false,
+            }
+        }
+        false
     }
 
     /// The out-of-line copy: the instruction, then `B addr + 4`, written and published.

@@ -99,11 +99,12 @@ pub(crate) fn on_brk(imm: u16, frame: &mut ExceptionFrame) -> bool {
     };
     // SAFETY: a simulated literal load reads what the probed instruction would have read, at
     // its literal's address in the code (readable).
+    // A literal need only be 4-byte aligned, whatever its size.
     let load = |addr: u64, bytes: usize| unsafe {
         if bytes == 8 {
-            core::ptr::read_volatile(addr as *const u64)
+            core::ptr::read_unaligned(addr as *const u64)
         } else {
-            u64::from(core::ptr::read_volatile(addr as *const u32))
+            u64::from(core::ptr::read_unaligned(addr as *const u32))
         }
     };
     if !TABLE.hit(&mut regs, load) {

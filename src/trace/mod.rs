@@ -12,7 +12,7 @@
 //! - A trampoline is freed only once no CPU can be inside it
 //!   ([`crate::manager::Platform::wait_outside`]); until then it is kept, and
 //!   [`Tracing::reap`] tries again.
-//! - Trampolines are 120 bytes: hundreds of traced functions share a few 64-byte-chunked packs
+//! - Trampolines are 152 bytes (three 64-byte chunks): hundreds of traced functions share a few 64-byte-chunked packs
 //!   with every other user of exec memory.
 //!
 //! The trampoline's code is portable ([`trampoline`]); the registry runs on an

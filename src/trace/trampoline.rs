@@ -10,26 +10,30 @@
 //! ```text
 //!  0  mrs  x16, daif              DAIF as the caller had it
 //!  1  msr  daifset, #3            IRQ and FIQ masked from here to the end
-//!  2  sub  sp, sp, #96
+//!  2  sub  sp, sp, #224
 //!  3  stp  x0, x1, [sp]           the arguments, handed to the tracer as &[u64; 8]
 //!  4  stp  x2, x3, [sp, #16]
 //!  5  stp  x4, x5, [sp, #32]
 //!  6  stp  x6, x7, [sp, #48]
 //!  7  stp  x29, x30, [sp, #64]    frame record: x30 is the traced function's return address
 //!  8  stp  x8, x16, [sp, #80]
-//!  9  add  x29, sp, #64
-//! 10  ldr  x0, function           literals after the code
-//! 11  add  x1, sp, #0
-//! 12  ldr  x2, cookie
-//! 13  ldr  x16, tracer
-//! 14  blr  x16
-//! 15  ldp  x8, x16, [sp, #80]
-//! 16  ldp  x0, x1, [sp]
-//! ..  ldp  x2..x7, x29, x30
-//! 21  add  sp, sp, #96
-//! 22  msr  daif, x16              the caller's DAIF back
-//! 23  b    function + 4
-//! 24  .quad function, tracer, cookie
+//!  9  stp  q0, q1, [sp, #96]      the SIMD and FP argument registers (the tracer may use them)
+//! 10  stp  q2, q3, [sp, #128]
+//! 11  stp  q4, q5, [sp, #160]
+//! 12  stp  q6, q7, [sp, #192]
+//! 13  add  x29, sp, #64
+//! 14  ldr  x0, function           literals after the code
+//! 15  add  x1, sp, #0
+//! 16  ldr  x2, cookie
+//! 17  ldr  x16, tracer
+//! 18  blr  x16
+//! 19  ldp  q0, q1, [sp, #96]      .. q6, q7
+//! 23  ldp  x8, x16, [sp, #80]
+//! 24  ldp  x0, x1, [sp]           .. x6, x7, then x29, x30
+//! 29  add  sp, sp, #224
+//! 30  msr  daif, x16              the caller's DAIF back
+//! 31  b    function + 4
+//! 32  .quad function, tracer, cookie
 //! ```
 //!
 //! Why interrupts are masked: freeing a trampoline needs to know no CPU is inside it. With
@@ -45,16 +49,24 @@
 
 use crate::poke::insn::{self, CodeBuf, EncodeError};
 
-/// Bytes of a trampoline: 24 instructions and three 8-byte literals.
-pub const TRAMPOLINE_BYTES: usize = 24 * 4 + 3 * 8;
+/// Instructions of a trampoline.
+const CODE_WORDS: usize = 32;
+
+/// Bytes of a trampoline: 32 instructions and three 8-byte literals.
+pub const TRAMPOLINE_BYTES: usize = CODE_WORDS * 4 + 3 * 8;
+
+/// Bytes of stack it takes: x0–x8, x16, the frame record, q0–q7.
+const FRAME: u32 = 224;
 
 /// The tracer a trampoline calls: the traced function's address, its eight argument registers
 /// as the caller set them, and the cookie given when tracing started. Runs with IRQ and FIQ
-/// masked.
+/// masked, like an NMI handler: it must not take locks, patch or publish code, or wait for other
+/// CPUs in any way (a CPU that joins a stop-the-world round from such a wait is taken to be
+/// outside every trampoline, which could then be freed under it).
 pub type TraceFn = extern "C" fn(function: u64, args: &[u64; 8], cookie: u64);
 
 /// Offset of the first literal: the end of the code, 8-byte aligned.
-const LITERALS: u64 = 24 * 4;
+const LITERALS: u64 = CODE_WORDS as u64 * 4;
 
 const X0: u32 = 0;
 const X1: u32 = 1;
@@ -86,6 +98,13 @@ const fn pair(load: bool, rt: u32, rt2: u32, rn: u32, offset: i32) -> u32 {
     0xa900_0000 | (load as u32) << 22 | imm7 << 15 | rt2 << 10 | rn << 5 | rt
 }
 
+/// `stp`/`ldp` of 128-bit SIMD and FP registers, signed offset (a multiple of 16 in
+/// -1024..=1008).
+const fn pair_q(load: bool, rt: u32, rt2: u32, rn: u32, offset: i32) -> u32 {
+    let imm7 = ((offset / 16) as u32) & 0x7f;
+    0xad00_0000 | (load as u32) << 22 | imm7 << 15 | rt2 << 10 | rn << 5 | rt
+}
+
 /// `sub`/`add x<rd>, x<rn>, #imm12` (SP is register 31 in both places).
 const fn add_sub(sub: bool, rd: u32, rn: u32, imm12: u32) -> u32 {
     0x9100_0000 | (sub as u32) << 30 | (imm12 & 0xfff) << 10 | rn << 5 | rd
@@ -105,24 +124,30 @@ pub fn build(at: u64, function: u64, tracer: u64, cookie: u64) -> Result<CodeBuf
         |code: &CodeBuf, index: u64| (at + LITERALS + 8 * index) as i64 - code.here() as i64;
     code.push(mrs_daif(X16));
     code.push(msr_daifset(0b0011));
-    code.push(add_sub(true, SP, SP, 96));
+    code.push(add_sub(true, SP, SP, FRAME));
     for (i, rt) in [0u32, 2, 4, 6].into_iter().enumerate() {
         code.push(pair(false, rt, rt + 1, SP, 16 * i as i32));
     }
     code.push(pair(false, FP, LR, SP, 64));
     code.push(pair(false, X8, X16, SP, 80));
+    for (i, rt) in [0u32, 2, 4, 6].into_iter().enumerate() {
+        code.push(pair_q(false, rt, rt + 1, SP, 96 + 32 * i as i32));
+    }
     code.push(add_sub(false, FP, SP, 64));
     code.push(ldr_literal(X0, literal(&code, 0)));
     code.push(add_sub(false, X1, SP, 0));
     code.push(ldr_literal(X2, literal(&code, 2)));
     code.push(ldr_literal(X16, literal(&code, 1)));
     code.push(insn::blr(insn::X16)?);
+    for (i, rt) in [0u32, 2, 4, 6].into_iter().enumerate() {
+        code.push(pair_q(true, rt, rt + 1, SP, 96 + 32 * i as i32));
+    }
     code.push(pair(true, X8, X16, SP, 80));
     for (i, rt) in [0u32, 2, 4, 6].into_iter().enumerate() {
         code.push(pair(true, rt, rt + 1, SP, 16 * i as i32));
     }
     code.push(pair(true, FP, LR, SP, 64));
-    code.push(add_sub(false, SP, SP, 96));
+    code.push(add_sub(false, SP, SP, FRAME));
     code.push(msr_daif(X16));
     code.push_b(function + 4)?;
     debug_assert_eq!(code.len_bytes() as u64, LITERALS);
@@ -153,6 +178,9 @@ mod tests {
         assert_eq!(pair(false, FP, LR, SP, 64), 0xa904_7bfd); // stp x29, x30, [sp, #64]
         assert_eq!(pair(true, 0, 1, SP, 0), 0xa940_07e0); // ldp x0, x1, [sp]
         assert_eq!(pair(true, X8, X16, SP, 80), 0xa945_43e8); // ldp x8, x16, [sp, #80]
+        assert_eq!(pair_q(false, 0, 1, SP, 96), 0xad03_07e0); // stp q0, q1, [sp, #96]
+        assert_eq!(pair_q(true, 6, 7, SP, 192), 0xad46_1fe6); // ldp q6, q7, [sp, #192]
+        assert_eq!(add_sub(true, SP, SP, 224), 0xd103_83ff); // sub sp, sp, #224
         assert_eq!(ldr_literal(X0, 8), 0x5800_0040); // ldr x0, #8
         assert_eq!(ldr_literal(X2, -4), 0x58ff_ffe2); // ldr x2, #-4
     }
@@ -168,13 +196,13 @@ mod tests {
             msr_daifset(3),
             "interrupts masked from the second instruction"
         );
-        assert_eq!(words[22], msr_daif(16), "and restored only before the last");
+        assert_eq!(words[30], msr_daif(16), "and restored only before the last");
         assert_eq!(
-            insn::branch_target(words[23], AT + 23 * 4),
+            insn::branch_target(words[31], AT + 31 * 4),
             Some(FUNCTION + 4),
             "continues after the patched NOP"
         );
-        assert_eq!(words[14], insn::blr(insn::X16).unwrap());
+        assert_eq!(words[18], insn::blr(insn::X16).unwrap());
         // The literal loads reach function, cookie, tracer.
         let target = |i: usize| {
             let imm19 = (words[i] >> 5) & 0x7_ffff;
@@ -185,11 +213,24 @@ mod tests {
             let i = ((addr - AT) / 4) as usize;
             u64::from(words[i]) | u64::from(words[i + 1]) << 32
         };
-        assert_eq!(literal(target(10)), FUNCTION);
-        assert_eq!(literal(target(12)), 7);
-        assert_eq!(literal(target(13)), 0x4009_0000);
-        // Every store has its load, at the same offset.
-        for (store, load) in [(3, 16), (4, 17), (5, 18), (6, 19), (7, 20), (8, 15)] {
+        assert_eq!(literal(target(14)), FUNCTION);
+        assert_eq!(literal(target(16)), 7);
+        assert_eq!(literal(target(17)), 0x4009_0000);
+        // Every store has its load, at the same offset; the frame is freed as it was taken.
+        assert_eq!(words[2], add_sub(true, SP, SP, 224));
+        assert_eq!(words[29], add_sub(false, SP, SP, 224));
+        for (store, load) in [
+            (3, 24),
+            (4, 25),
+            (5, 26),
+            (6, 27),
+            (7, 28),
+            (8, 23),
+            (9, 19),
+            (10, 20),
+            (11, 21),
+            (12, 22),
+        ] {
             assert_eq!(words[store] | 1 << 22, words[load], "word {store} / {load}");
         }
     }
