@@ -17,7 +17,7 @@ use spin::mutex::SpinMutex as Mutex;
 
 use crate::mmu::{El1And0, El2, El2And0, Role};
 use crate::module::{
-    ExecModules, Export, LoadError, Module, ModuleId, ModuleMemory, Modules, Segment, SpaceError,
+    ExecModules, Export, LoadError, Module, ModuleId, ModuleMemory, Modules, SpaceError,
     UnloadError,
 };
 use crate::runtime::exec_pool::{Demo, MANAGER_EL1, MANAGER_EL2, MANAGER_EL2_VHE};
@@ -238,7 +238,7 @@ pub fn loaded() -> Vec<Module> {
     with_registry!(r => r.iter().cloned().collect())
 }
 
-/// Bytes held by loaded modules per segment kind ([`Segment::index`]).
+/// Bytes held by loaded modules per segment kind ([`crate::module::Segment::index`]).
 pub fn live_bytes() -> [usize; 3] {
     with_registry!(r => r.space().live_bytes())
 }
@@ -253,14 +253,4 @@ pub fn free_data_pages() -> usize {
 /// Takes the events reported so far.
 pub fn take_events() -> Vec<u64> {
     irq::without_interrupts(|| core::mem::take(&mut *EVENTS.lock()))
-}
-
-/// The segment a module address is in, if any.
-pub fn segment_of(addr: u64) -> Option<(String, Segment)> {
-    loaded().into_iter().find_map(|m| {
-        Segment::ALL.into_iter().find_map(|s| {
-            let (start, size) = m.segment(s);
-            (addr >= start && addr < start + size as u64).then(|| (String::from(m.name()), s))
-        })
-    })
 }

@@ -27,15 +27,18 @@ macro_rules! with_tracing {
     ($t:ident => $body:expr) => {
         match KernelRegime::current() {
             KernelRegime::El1 => {
-                let mut $t = EL1.lock();
+                let mut guard = EL1.lock();
+                let $t = &mut *guard;
                 $body
             }
             KernelRegime::El2 => {
-                let mut $t = EL2.lock();
+                let mut guard = EL2.lock();
+                let $t = &mut *guard;
                 $body
             }
             KernelRegime::El2Vhe => {
-                let mut $t = EL2_VHE.lock();
+                let mut guard = EL2_VHE.lock();
+                let $t = &mut *guard;
                 $body
             }
         }
@@ -54,7 +57,7 @@ pub fn untrace(function: u64) -> Result<(), TraceError> {
 
 /// The traced functions.
 pub fn traced() -> Vec<Traced> {
-    with_tracing!(t => { let t = &mut *t; t.traced().to_vec() })
+    with_tracing!(t => t.traced().to_vec())
 }
 
 /// Trampolines unlinked and not yet freed, after another attempt to free them.

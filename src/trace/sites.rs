@@ -111,9 +111,8 @@ impl<P: Platform> Tracing<P> {
             self.exec.read_insn(function)?,
             self.exec.read_insn(function + 4)?,
         ];
-        let is_b =
-            insn::branch_target(found[1], function + 4).is_some() && found[1] >> 26 == 0b000101;
-        if found[0] != insn::nop() || !is_b {
+        // The second word is a `B` (opcode 0b000101 in bits 31..26), not a `BL`.
+        if found[0] != insn::nop() || found[1] >> 26 != 0b00_0101 {
             return Err(TraceError::NotTraceable { function, found });
         }
         let slot = self
