@@ -123,7 +123,7 @@ mod demo {
             println!("jit: unpatched: traced() = {}", call(traced.base()));
         }
         println!(
-            "jit: {} alias mappings, each removed with a broadcast TLBI; fixmap idle",
+            "jit: {} alias mappings, each in this CPU's own view only and removed with a local TLBI; fixmap idle",
             poke::alias_maps()
         );
         if let Err(e) = exec_pool::unmap_pack(pack) {

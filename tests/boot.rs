@@ -294,7 +294,14 @@ fn every_cpu_comes_online() {
             answer & 0x80 != 0,
             "CPU {index}'s index comes from its own MPIDR affinity"
         );
-        assert_eq!(answer >> 8, here >> 8, "same level and tables as CPU 0");
+        assert_eq!(answer >> 8 & 0xff, here >> 8 & 0xff, "same level as CPU 0");
+        // Each CPU walks its own view of the tables (its poke slot is private to it).
+        let view = runtime::exec_pool::cpu_view_root(index).expect("a view per CPU");
+        assert_eq!(answer >> 16, view, "CPU {index} runs on its own view");
+        assert!(
+            (0..index).all(|other| runtime::exec_pool::cpu_view_root(other) != Some(view)),
+            "CPU {index}'s view is no other CPU's"
+        );
     }
     assert_eq!(
         runtime::smp::run_on(board::CPUS, identity, 0),

@@ -43,6 +43,7 @@ fn main() {
             stack_guard_faults,
             null_page_faults,
             audit_finds_planted_violations,
+            audit_finds_a_view_out_of_step_and_a_shared_private_entry,
             audit_is_clean_at_the_end,
         ],
     );
@@ -75,12 +76,15 @@ fn expect_fetch_fault(addr: u64) -> FaultReport {
     report
 }
 
-/// The MMU of the level the kernel runs at is on, with SCTLR_ELx.WXN, and walks the tables the
-/// manager maps into and audits (TTBR0_EL1 or TTBR0_EL2).
+/// The MMU of the level the kernel runs at is on, with SCTLR_ELx.WXN, and walks this CPU's view
+/// of the tables the manager maps into and audits (TTBR0_EL1 or TTBR0_EL2): a root of its own,
+/// not the kernel's.
 fn mmu_is_on_with_wxn() {
     assert!(mmu::mmu_enabled());
     assert!(mmu::wxn_enabled());
-    assert_eq!(mmu::hardware_root(), mmu::root().pa);
+    let cpu = execmem::runtime::smp::this_cpu();
+    assert_eq!(Some(mmu::hardware_root()), exec_pool::cpu_view_root(cpu));
+    assert_ne!(mmu::hardware_root(), mmu::root().pa);
     println!(
         "  {} regime: TTBR0_EL{} = {:#x}, WXN on",
         mmu::KernelRegime::current().name(),
@@ -372,6 +376,52 @@ fn audit_finds_planted_violations() {
     // With WXN the W+X leaf is not executable, so that one rule no longer fires.
     let with_wxn = tables.audit(&context(true));
     assert!(!with_wxn.iter().any(|v| v.rule == Rule::WritableExecutable));
+}
+
+/// The views' own rules, planted in the live tables and taken back: a root entry of the last
+/// CPU's view that the kernel's root does not have (an invalid but non-zero value, which no walk
+/// uses), and the first CPU's private fixmap entry linked from the kernel's root (which no CPU's
+/// TTBR holds once every CPU is on its view). Each is reported by the manager's audit and by
+/// `fixmap_views`, and both are clean again once the entries are restored.
+fn audit_finds_a_view_out_of_step_and_a_shared_private_entry() {
+    let cpus = (0..64)
+        .filter(|&c| exec_pool::cpu_view_root(c).is_some())
+        .count();
+    let last = exec_pool::cpu_view_root(cpus - 1).expect("a view per CPU");
+    let first = exec_pool::cpu_view_root(0).expect("a view per CPU");
+    let kernel = mmu::root().pa;
+    let fixmap = memory::plan().fixmap.start;
+    let index = |va: u64| (va >> 30) & 511;
+    // Root tables are identity-mapped heap memory: entry `i` is at PA + 8 i.
+    let entry = |root: u64, i: u64| (root + 8 * i) as *mut u64;
+    let spare = 300;
+    // SAFETY: root tables of the live tables; entry 300 (GiB 300) maps nothing in any root, and
+    // an invalid value (bit 0 clear) is never walked; the kernel's root is in no CPU's TTBR.
+    unsafe {
+        assert_eq!(entry(last, spare).read_volatile(), 0);
+        entry(last, spare).write_volatile(0x2);
+        entry(kernel, index(fixmap)).write_volatile(entry(first, index(fixmap)).read_volatile());
+    }
+    let violations = exec_pool::audit();
+    let views = exec_pool::fixmap_views();
+    // SAFETY: as above, putting both entries back.
+    unsafe {
+        entry(last, spare).write_volatile(0);
+        entry(kernel, index(fixmap)).write_volatile(0);
+    }
+    for v in &violations {
+        println!("  found: {v}");
+    }
+    let found = |list: &[execmem::mmu::Violation], rule| list.iter().any(|v| v.rule == rule);
+    assert!(found(&violations, Rule::ViewDiverges), "a view out of step");
+    assert!(
+        found(&violations, Rule::PrivateEntryShared),
+        "a private entry shared"
+    );
+    assert!(found(&views.violations, Rule::ViewDiverges));
+    assert!(found(&views.violations, Rule::PrivateEntryShared));
+    assert!(exec_pool::audit().is_empty(), "clean once restored");
+    assert!(exec_pool::fixmap_views().violations.is_empty());
 }
 
 fn audit_is_clean_at_the_end() {

@@ -1,5 +1,5 @@
 //! Where the kernel's own regions go in the machine's memory: the exec pool window (within one `BL`
-//! of kernel text, both ways), the fixmap window beside it, the heap, and the exec frames behind
+//! of kernel text, both ways), the fixmap window in a GiB of its own, the heap, and the exec frames behind
 //! the packs; and what RAM is left to map as ordinary data. Nothing is placed over the kernel image,
 //! reserved memory, the device tree, the devices the kernel maps, or the null page.
 
@@ -24,7 +24,7 @@ pub struct Needs {
     pub heap: u64,
     /// The exec pool's VA window (one 2 MiB pack per block).
     pub pool: u64,
-    /// The fixmap window: the poke slots' 2 MiB, then the pack-fill block.
+    /// The fixmap window: the poke slot's 2 MiB, then the pack-fill block (each CPU's own).
     pub fixmap: u64,
     /// The fewest bytes of exec frames the manager runs with.
     pub min_frames: u64,
@@ -75,7 +75,12 @@ pub enum PlanError {
         /// The reserved range.
         reserved: Region,
     },
-    /// No 2 MiB-aligned window for pool and fixmap within one `BL` of the kernel text.
+    /// No GiB of the VA range free of the machine's memory and devices for the fixmap.
+    NoFixmapWindow {
+        /// Bytes the window needs.
+        need: u64,
+    },
+    /// No 2 MiB-aligned window for the pool within one `BL` of the kernel text.
     NoPoolWindow {
         /// The kernel text.
         text: Region,
@@ -117,7 +122,12 @@ impl fmt::Display for PlanError {
             ),
             Self::NoPoolWindow { text, need } => write!(
                 f,
-                "no free {} window within one BL of {text} for the exec pool and fixmap",
+                "no free {} window within one BL of {text} for the exec pool",
+                Size(*need)
+            ),
+            Self::NoFixmapWindow { need } => write!(
+                f,
+                "no GiB of the VA range free of RAM and devices for the {} fixmap",
                 Size(*need)
             ),
             Self::NoRoomForHeap { need } => write!(
@@ -192,10 +202,10 @@ pub fn place(
     let free =
         layout::subtract::<MAX_PIECES>(&machine.ram, &taken).ok_or(PlanError::TooFragmented)?;
 
-    let (fixmap, exec_pool, over_ram) = pool_window(machine, &free, &taken, text, needs)?;
+    let (exec_pool, over_ram) = pool_window(machine, &free, &taken, text, needs)?;
+    let fixmap = fixmap_window(machine, &taken, exec_pool, needs)?;
     let free = if over_ram {
-        layout::subtract::<MAX_PIECES>(&free, &[fixmap, exec_pool])
-            .ok_or(PlanError::TooFragmented)?
+        layout::subtract::<MAX_PIECES>(&free, &[exec_pool]).ok_or(PlanError::TooFragmented)?
     } else {
         free
     };
@@ -254,17 +264,41 @@ pub fn place(
     })
 }
 
-/// The window for fixmap (below) and pool (above), nearest the kernel text: preferably where no
-/// RAM is (no memory is given up), else over free RAM (whose frames then back the pool). Returns
-/// (fixmap, pool, whether the window lies over RAM).
+/// The fixmap window: the start of the highest GiB of the 39-bit VA range that holds nothing of the
+/// machine (RAM, devices, reserved memory) and not the pool. A GiB is one level-1 entry of the
+/// kernel's root, and the manager makes that entry private to each CPU's view of the tables, so it
+/// must map nothing shared.
+fn fixmap_window(
+    machine: &Machine,
+    taken: &[Region],
+    pool: Region,
+    needs: &Needs,
+) -> Result<Region, PlanError> {
+    const GIB: u64 = 1 << 30;
+    let top = crate::mmu::VA_LIMIT / GIB;
+    (1..top)
+        .rev()
+        .map(|g| Region::new("fixmap GiB", g * GIB, GIB))
+        .find(|gib| {
+            !gib.overlaps(&pool)
+                && !machine.ram.iter().any(|bank| bank.overlaps(gib))
+                && !taken.iter().any(|r| r.overlaps(gib))
+        })
+        .map(|gib| Region::new("fixmap (VA)", gib.start, needs.fixmap))
+        .ok_or(PlanError::NoFixmapWindow { need: needs.fixmap })
+}
+
+/// The window for the pool, nearest the kernel text: preferably where no RAM is (no memory is
+/// given up), else over free RAM (whose frames then back the pool). Returns the pool and whether
+/// the window lies over RAM.
 fn pool_window(
     machine: &Machine,
     free: &[Region],
     taken: &[Region],
     text: Region,
     needs: &Needs,
-) -> Result<(Region, Region, bool), PlanError> {
-    let size = needs.fixmap + needs.pool;
+) -> Result<(Region, bool), PlanError> {
+    let size = needs.pool;
     let reach = layout::BRANCH_REACH as u64;
     let lowest = text
         .end()
@@ -276,7 +310,7 @@ fn pool_window(
     let mut base = lowest;
     while base <= highest {
         let window = Region::new("window", base, size);
-        let pool = Region::new("exec pool (VA)", base + needs.fixmap, needs.pool);
+        let pool = Region::new("exec pool (VA)", base, needs.pool);
         let clear = layout::branch_reaches(&pool, &text)
             && layout::branch_reaches(&text, &pool)
             && !taken.iter().any(|r| r.overlaps(&window));
@@ -301,11 +335,7 @@ fn pool_window(
         base += BLOCK;
     }
     let (class, _, base) = best.ok_or(PlanError::NoPoolWindow { text, need: size })?;
-    Ok((
-        Region::new("fixmap (VA)", base, needs.fixmap),
-        Region::new("exec pool (VA)", base + needs.fixmap, needs.pool),
-        class == 1,
-    ))
+    Ok((Region::new("exec pool (VA)", base, needs.pool), class == 1))
 }
 
 /// The lowest 2 MiB-aligned start of `size` free bytes at or above `from`, else the lowest anywhere.

@@ -26,11 +26,33 @@
 //! ```
 //!
 //! Exec memory is mapped read-only + executable, one 2 MiB block per pack, and never writable.
-//! Code goes in through a per-CPU 4 KiB writable alias in the fixmap window, mapped with
-//! interrupts masked and removed with a broadcast TLB invalidation of the regime, followed by the
-//! cache maintenance of Arm ARM B2.4.4. After [`ExecManager::init`] the manager writes only leaf
-//! entries inside its two windows: every table it needs is created at init, so it never races
-//! with the kernel's own changes to other parts of the tables.
+//! Code goes in through a 4 KiB writable alias that exists only in the poking CPU's own view of
+//! the tables, mapped with interrupts masked and removed with a local TLB invalidation, followed
+//! by the cache maintenance of Arm ARM B2.4.4.
+//!
+//! # One view of the tables per CPU
+//!
+//! At init the manager gives every CPU a root table of its own
+//! ([`AddressSpace::add_private_root`]): a copy of the kernel's root, sharing every table below
+//! it, except the root entry that covers the fixmap window, which leads to that CPU's private
+//! tables (its poke slot and its pack-fill block). Each CPU switches to its view once, with
+//! [`ExecManager::enter_cpu_view`]. Then:
+//! - no other CPU can store through a CPU's alias: no other CPU's walk reaches its tables, and
+//!   TTBR_ELx.CnP = 0 keeps TLB entries private to the CPU that walked them (Arm ARM D8.16);
+//! - removing the alias needs `TLBI VAALE1` / `VALE2` and `DSB NSH` on this CPU alone, never a
+//!   broadcast invalidation that every CPU must complete;
+//! - a change below the root reaches every view by construction (the tables are the same
+//!   memory), with the usual break-before-make; a change of a root entry must be made in every
+//!   root, which [`ExecManager::set_root_entry`] does (the kernel makes no other root-entry
+//!   change once the views exist).
+//!
+//! Linux x86 gets the same with a private `poking_mm`; arm64 Linux uses one global fixmap slot
+//! under a lock. An ASID-private mapping would not do here: at EL2 without VHE there are no ASIDs,
+//! and a non-global entry in shared tables is still walked (and cached) by every CPU.
+//!
+//! After [`ExecManager::init`] the manager writes only leaf entries inside its two windows and in
+//! the views' own tables: every table it needs is created at init, so it never races with the
+//! kernel's own changes to other parts of the tables.
 
 mod lock;
 mod poke;
@@ -60,9 +82,9 @@ use crate::poke::cache::MaintenancePlan;
 use crate::poke::{ExecRegion, PokeError};
 
 use pool::Pool;
-pub use pool::PoolError;
+pub use pool::{FixmapViews, LiveAlias, PoolError};
 
-/// Most CPUs one manager serves: one 4 KiB poke slot each in the fixmap window.
+/// Most CPUs one manager serves: one view of the tables each.
 pub const MAX_CPUS: usize = 64;
 
 /// Most packs of one pool (the allocator's limit).
@@ -184,8 +206,11 @@ pub struct Config {
     /// nothing there). Within ±128 MiB of the kernel's text, code in slots reaches it with one
     /// `BL`.
     pub pool: Region,
-    /// The fixmap window: 2 MiB aligned and at least 4 MiB, unmapped. Its first 2 MiB hold one
-    /// 4 KiB poke slot per CPU, its second is the block a fresh pack is filled through.
+    /// The fixmap window: 2 MiB aligned and at least 4 MiB, inside the span of one root entry
+    /// (1 GiB for a root at level 1, 512 GiB at level 0) that the kernel leaves invalid: that
+    /// entry is private to each CPU's view. Its first page is the CPU's poke slot (the same VA on
+    /// every CPU, each mapping its own page), its second 2 MiB the block a fresh pack is filled
+    /// through.
     pub fixmap: Region,
     /// CPUs that may poke (1 to [`MAX_CPUS`]).
     pub cpus: usize,
@@ -214,6 +239,12 @@ pub enum InitError {
     Overlap(Region, Region),
     /// A window is outside the VA range of the root.
     OutsideVaRange(Region),
+    /// The fixmap window crosses the span of one root entry (it must lie under one entry, the
+    /// CPUs' private one).
+    FixmapCrossesRootEntry(Region),
+    /// The pool lies under the fixmap's root entry, which is private to each CPU's view: the
+    /// pool's tables must be shared.
+    SameRootEntry(Region, Region),
     /// The tables refused (a window is mapped already, or no memory for a table).
     Map(Region, MapError),
     /// MAIR_ELx does not give the attribute index of the manager's descriptors the memory type
@@ -234,6 +265,16 @@ impl fmt::Display for InitError {
             Self::BadCpuCount(n) => write!(f, "{n} CPUs: must be 1 to {MAX_CPUS}"),
             Self::Overlap(a, b) => write!(f, "{} overlaps {}: {a} / {b}", a.name, b.name),
             Self::OutsideVaRange(r) => write!(f, "{} is outside the tables' VA range: {r}", r.name),
+            Self::FixmapCrossesRootEntry(r) => {
+                write!(f, "{} is not under one root table entry: {r}", r.name)
+            }
+            Self::SameRootEntry(a, b) => {
+                write!(
+                    f,
+                    "{} is under the root table entry of {}: {a} / {b}",
+                    a.name, b.name
+                )
+            }
             Self::Map(r, e) => write!(f, "cannot prepare {}: {e}", r.name),
             Self::MairMismatch { found } => write!(
                 f,
@@ -311,8 +352,11 @@ pub struct ExecManager<P: Platform> {
     tables: IrqMutex<P, Option<KernelSpace<P>>>,
     /// Frames and the pack → frame records.
     pool: IrqRwLock<P, Option<Pool<P::Frames>>>,
-    /// The level-3 entry of each CPU's poke slot (stable: tables are never freed).
+    /// The level-3 entry of each CPU's poke slot, in its own view (stable: tables are never
+    /// freed); null until the CPU entered its view ([`ExecManager::enter_cpu_view`]).
     slot_entries: [AtomicPtr<u64>; MAX_CPUS],
+    /// The same entries, made at init, waiting for their CPU to enter its view.
+    staged_slot_entries: [AtomicPtr<u64>; MAX_CPUS],
     /// Packs the allocator released, unmapped once its lock is dropped.
     released: ReleaseQueue<IrqMutex<P, Queue<MAX_PACKS>>>,
     /// Serialises patches of live code (Linux `text_mutex`).
@@ -345,6 +389,7 @@ impl<P: Platform> ExecManager<P> {
             tables: IrqMutex::new(None),
             pool: IrqRwLock::new(None),
             slot_entries: [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS],
+            staged_slot_entries: [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS],
             released: ReleaseQueue::new(IrqMutex::new(Queue::new())),
             patch_lock: IrqMutex::new(()),
             alias_maps: AtomicUsize::new(0),
@@ -392,26 +437,31 @@ impl<P: Platform> ExecManager<P> {
         }
         let mut tlb = BroadcastTlb::<P::Regime>::new();
         let fill = pool::fill_block(&config);
-        let slots = Region::new(
-            "fixmap poke slots",
-            config.fixmap.start,
-            config.cpus as u64 * PAGE_SIZE,
-        );
+        let slot = config.fixmap.start;
         space
             .reserve_blocks_2m(config.pool.start, config.pool.size, &mut tlb)
             .map_err(|e| InitError::Map(config.pool, e))?;
-        space
-            .reserve_blocks_2m(fill, BLOCK_SIZE_2M, &mut tlb)
-            .map_err(|e| InitError::Map(config.fixmap, e))?;
-        space
-            .reserve_pages(slots.start, slots.size, &mut tlb)
-            .map_err(|e| InitError::Map(slots, e))?;
-        for (cpu, entry) in self.slot_entries.iter().enumerate().take(config.cpus) {
-            let slot = slots.start + cpu as u64 * PAGE_SIZE;
+        // One view per CPU, each with its poke slot's level-3 table and its fill block's level-2
+        // entry under its own root entry. No CPU walks a view yet: no maintenance needed beyond
+        // the publication before a CPU enters it.
+        let mut entries = [core::ptr::null_mut(); MAX_CPUS];
+        for entry in entries.iter_mut().take(config.cpus) {
+            let fixmap = config.fixmap;
+            let view = space
+                .add_private_root(fixmap.start)
+                .map_err(|e| InitError::Map(fixmap, e))?;
             let found = space
-                .leaf_entry_ptr(slot)
-                .ok_or(InitError::Map(slots, MapError::NotMapped { va: slot }))?;
-            entry.store(found.as_ptr(), Ordering::Release);
+                .in_private_root(view, fixmap.start, fixmap.size, |t| {
+                    t.reserve_pages(slot, PAGE_SIZE, &mut tlb)?;
+                    t.reserve_blocks_2m(fill, BLOCK_SIZE_2M, &mut tlb)?;
+                    t.leaf_entry_ptr(slot)
+                        .ok_or(MapError::NotMapped { va: slot })
+                })
+                .map_err(|e| InitError::Map(fixmap, e))?;
+            *entry = found.as_ptr();
+        }
+        for (staged, entry) in self.staged_slot_entries.iter().zip(entries) {
+            staged.store(entry, Ordering::Release);
         }
         // Nothing is stored until every step that can fail has succeeded.
         *self.tables.lock() = Some(space);
@@ -435,6 +485,87 @@ impl<P: Platform> ExecManager<P> {
     /// The configuration, once set up.
     pub fn config(&self) -> Option<&Config> {
         self.config.get()
+    }
+
+    /// Switches this CPU to its own view of the tables (see the module documentation), once,
+    /// after [`ExecManager::init`]: its TTBR_ELx (the half the root was given for) then holds the
+    /// view's root, and from then on it may poke. A CPU that has not entered its view is refused
+    /// by every write ([`PokeError::NoPokeSlot`]) and cannot map a fresh pack. Entering again is
+    /// harmless.
+    ///
+    /// # Safety
+    ///
+    /// This CPU runs on the root given to `init` (or already on its view) in the regime
+    /// `P::Regime`, at its exception level: the view maps everything else exactly as that root
+    /// does, so the switch changes no translation the running code uses.
+    pub unsafe fn enter_cpu_view(&self) -> Result<(), PokeError> {
+        let saved = P::mask_interrupts();
+        let cpu = P::cpu_index();
+        let entered = self.switch_to_view(cpu);
+        P::restore_interrupts(saved);
+        entered.map_err(|()| PokeError::NoPokeSlot { cpu })
+    }
+
+    /// [`ExecManager::enter_cpu_view`] with interrupts masked, on CPU `cpu`.
+    fn switch_to_view(&self, cpu: usize) -> Result<(), ()> {
+        let staged = self
+            .staged_slot_entries
+            .get(cpu)
+            .map_or(core::ptr::null_mut(), |e| e.load(Ordering::Acquire));
+        if staged.is_null() {
+            return Err(());
+        }
+        let root = {
+            let tables = self.tables.lock();
+            let space = tables.as_ref().ok_or(())?;
+            let view = *space.private_roots().get(cpu).ok_or(())?;
+            space.private_table_root(view)
+        };
+        // SAFETY: the caller's contract: the view maps everything as the kernel's root does (it
+        // is a copy of it, kept in step by `set_root_entry`), but for its own fixmap entry,
+        // which nothing but this CPU's pokes uses.
+        unsafe { crate::arch::aarch64::mmu::switch_root::<P::Regime>(root.range, root.pa) };
+        self.slot_entries[cpu].store(staged, Ordering::Release);
+        Ok(())
+    }
+
+    /// The root table of CPU `cpu`'s view (what its TTBR holds once it entered the view).
+    pub fn cpu_view_root(&self, cpu: usize) -> Option<TableRoot> {
+        let tables = self.tables.lock();
+        let space = tables.as_ref()?;
+        let view = *space.private_roots().get(cpu)?;
+        Some(space.private_table_root(view))
+    }
+
+    /// Whether CPU `cpu` has entered its view.
+    pub fn cpu_entered_view(&self, cpu: usize) -> bool {
+        self.slot_entries
+            .get(cpu)
+            .is_some_and(|e| !e.load(Ordering::Acquire).is_null())
+    }
+
+    /// Rewrites the kernel's root entry covering `va` in its root and in every CPU's view, with
+    /// break-before-make and a broadcast invalidation if a valid entry is replaced
+    /// ([`AddressSpace::set_root_entry`]). Once the views exist, this is how the kernel changes
+    /// its top-level entries; a change below them needs nothing from the manager.
+    ///
+    /// # Safety
+    ///
+    /// As for [`AddressSpace::set_root_entry`]; and `va` is outside the pool's and fixmap's root
+    /// entries (refused) and any range the kernel still uses through the old entry.
+    pub unsafe fn set_root_entry(&self, va: u64, raw: u64) -> Result<(), MapError> {
+        let pool = self.hot.pool_start.load(Ordering::Relaxed);
+        let mut tables = self.tables.lock();
+        let space = tables.as_mut().ok_or(MapError::NotMapped { va })?;
+        let same_entry = |a: u64| {
+            space.root_entry_span(a).map(|(first, _)| first)
+                == space.root_entry_span(va).map(|(first, _)| first)
+        };
+        if same_entry(pool) {
+            return Err(MapError::AlreadyMapped { va });
+        }
+        // SAFETY: the caller's contract.
+        unsafe { space.set_root_entry(va, raw, &mut BroadcastTlb::<P::Regime>::new()) }
     }
 
     fn allocator(&self) -> Result<&IrqMutex<P, PackAllocator<Backend<P>>>, AllocError> {
@@ -628,7 +759,23 @@ fn check_config(config: &Config, root: TableRoot) -> Result<(), InitError> {
     if pool.overlaps(&fixmap) {
         return Err(InitError::Overlap(pool, fixmap));
     }
+    let span = root_entry_size(root.range);
+    if fixmap.start / span != (fixmap.end() - 1) / span {
+        return Err(InitError::FixmapCrossesRootEntry(fixmap));
+    }
+    if pool.start / span <= fixmap.start / span && fixmap.start / span <= (pool.end() - 1) / span {
+        return Err(InitError::SameRootEntry(pool, fixmap));
+    }
     Ok(())
+}
+
+/// Bytes one root entry of `range` spans.
+fn root_entry_size(range: crate::mmu::VaRange) -> u64 {
+    if range.start_level() == 0 {
+        512 << 30
+    } else {
+        1 << 30
+    }
 }
 
 /// The allocator's backend: packs from the manager's pool, BRK refills through its text poke.

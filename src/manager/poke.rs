@@ -1,18 +1,19 @@
 //! Text poke: the only way code gets into exec memory.
 //!
 //! Exec packs are mapped RO + X and never writable. To write, this CPU maps the physical page
-//! behind the destination (found in the pool's own records) at its fixmap slot as RW +
-//! execute-never, with interrupts masked, stores, and unmaps it again with a broadcast TLB
-//! invalidation of the regime — page by page for ranges that cross pages. Then one
-//! cache-maintenance pass over the whole range makes the new code visible to instruction fetch
-//! (see `arch::aarch64::cache`).
+//! behind the destination (found in the pool's own records) at its poke slot as RW +
+//! execute-never, with interrupts masked, stores, and unmaps it again — page by page for ranges
+//! that cross pages. The slot is in this CPU's own view of the tables (`super`'s "one view of the
+//! tables per CPU"), so no other CPU can walk it and the unmap is a local invalidation
+//! (`TLBI VAALE1` / `VALE2`, `DSB NSH`). Then one cache-maintenance pass over the whole range
+//! makes the new code visible to instruction fetch (see `arch::aarch64::cache`).
 
 use core::ptr;
 use core::sync::atomic::Ordering;
 
 use super::pool::{Records, exec_pa};
 use super::{ExecManager, Platform};
-use crate::arch::aarch64::{cache, mmu::BroadcastTlb};
+use crate::arch::aarch64::{cache, mmu::LocalTlb};
 use crate::layout::Region;
 use crate::mmu::{BLOCK_SIZE_2M, PAGE_SIZE, Regime, Role, TlbMaintenance};
 use crate::poke::{self, ExecRegion, INSN_BYTES, PokeError};
@@ -28,10 +29,11 @@ impl<P: Platform> ExecManager<P> {
         self.config.get().map(super::pool::fill_block)
     }
 
-    /// The fixmap VA of CPU `cpu`'s poke slot (for the audit of a poke in progress).
+    /// The fixmap VA of CPU `cpu`'s poke slot (for the audit of a poke in progress): the same VA
+    /// on every CPU, each mapping it in its own view only.
     pub fn poke_slot(&self, cpu: usize) -> Option<u64> {
         let cpus = self.hot.cpus.load(Ordering::Acquire);
-        (cpu < cpus).then(|| self.hot.fixmap.load(Ordering::Relaxed) + cpu as u64 * PAGE_SIZE)
+        (cpu < cpus).then(|| self.hot.fixmap.load(Ordering::Relaxed))
     }
 
     /// Opens the kernel's own text to [`ExecManager::patch_insn`], [`ExecManager::patch_batch`]
@@ -335,7 +337,8 @@ impl<P: Platform> ExecManager<P> {
         len: usize,
         mut write: impl FnMut(*mut u8, usize, usize),
     ) {
-        let mut tlb = BroadcastTlb::<P::Regime>::new();
+        // The slot is in this CPU's own view: its TLB alone can hold the alias.
+        let mut tlb = LocalTlb::<P::Regime>::new();
         let mut offset = 0;
         while offset < len {
             let at = dst + offset as u64;
@@ -364,18 +367,23 @@ impl<P: Platform> ExecManager<P> {
                 P::restore_interrupts(saved);
                 return;
             };
-            // SAFETY: `entry` is this CPU's reserved, invalid fixmap L3 entry (made at init, never
-            // freed); only this CPU writes it, with interrupts masked.
+            // SAFETY: `entry` is this CPU's reserved, invalid fixmap L3 entry in its own view
+            // (made at init, never freed); only this CPU writes it, with interrupts masked.
             unsafe { entry.write_volatile(alias) };
             tlb.publish();
             write((slot + at % PAGE_SIZE) as *mut u8, offset, in_page);
             // SAFETY: as above; the alias is removed before interrupts are unmasked.
             unsafe { entry.write_volatile(0) };
+            // Local: no other CPU walks this view (and CnP = 0), so no other TLB holds the alias.
             tlb.invalidate_va(slot, 3);
             P::restore_interrupts(saved);
             self.alias_maps.fetch_add(1, Ordering::Relaxed);
             offset += in_page;
         }
+        // The local teardown's `DSB NSH` completes the stores for this CPU only: before the
+        // maintenance by the exec VA (another VA of the same memory, B2.4.4), complete them to the
+        // inner shareable domain, as the broadcast teardown's `DSB ISH` used to.
+        aarch64_cpu::asm::barrier::dsb(aarch64_cpu::asm::barrier::ISH);
     }
 }
 

@@ -11,10 +11,11 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use super::{Config, ExecManager, MAX_PACKS, PackFrames, Platform};
-use crate::arch::aarch64::{cache, mmu as hw, mmu::BroadcastTlb};
+use crate::arch::aarch64::{cache, mmu as hw, mmu::BroadcastTlb, mmu::LocalTlb};
 use crate::layout::Region;
 use crate::mmu::{
-    AuditContext, BLOCK_SIZE_2M, Granularity, MapError, PackFrame, Role, Violation, audit_root,
+    AuditContext, BLOCK_SIZE_2M, Granularity, MapError, PackFrame, Role, Rule, Violation,
+    audit_root, root_entry, walk_root_entry,
 };
 use crate::poke::insn;
 
@@ -38,6 +39,12 @@ pub enum PoolError {
     Uninitialised,
     /// The translation tables refused.
     Map(MapError),
+    /// This CPU has not entered its view of the tables ([`ExecManager::enter_cpu_view`]), where
+    /// its fill block is.
+    NoCpuView {
+        /// The CPU.
+        cpu: usize,
+    },
 }
 
 impl fmt::Display for PoolError {
@@ -56,8 +63,31 @@ impl fmt::Display for PoolError {
             }
             Self::Uninitialised => f.write_str("the exec manager is not set up"),
             Self::Map(e) => write!(f, "translation tables: {e}"),
+            Self::NoCpuView { cpu } => {
+                write!(f, "CPU {cpu} has not entered its view of the tables")
+            }
         }
     }
+}
+
+/// What [`ExecManager::fixmap_views`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FixmapViews {
+    /// The writable aliases live at that moment, each in its own CPU's view.
+    pub aliases: Vec<LiveAlias>,
+    /// What breaks the views' privacy (empty when every CPU sees only its own fixmap).
+    pub violations: Vec<Violation>,
+}
+
+/// A poke slot or fill block mapped in one CPU's view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveAlias {
+    /// The CPU whose view maps it.
+    pub cpu: usize,
+    /// Its VA (the poke slot, or the fill block).
+    pub va: u64,
+    /// The page or frame it is an alias of.
+    pub pa: u64,
 }
 
 /// Frames and the pack → frame records.
@@ -114,6 +144,16 @@ impl<F: PackFrames> Pool<F> {
 /// The 2 MiB block of the fixmap window a fresh pack is filled through.
 pub(crate) fn fill_block(config: &Config) -> u64 {
     config.fixmap.start + BLOCK_SIZE_2M
+}
+
+/// The first VA of root entry `index` of `root`.
+fn root_entry_va(root: crate::mmu::TableRoot, index: usize) -> u64 {
+    let shift = if root.range.start_level() == 0 {
+        39
+    } else {
+        30
+    };
+    root.range.first().wrapping_add((index as u64) << shift)
 }
 
 /// Records, read-locked: while a `Records` lives no pack can be unmapped or its frame reused, so
@@ -193,20 +233,35 @@ impl<P: Platform> ExecManager<P> {
         Ok(f(tables))
     }
 
-    /// Fills the frame at `pa` with BRK through the fill block, then maps it RX at `va`.
+    /// Fills the frame at `pa` with BRK through this CPU's fill block (in its own view, so no
+    /// other CPU can write the frame meanwhile, and the unmap is a local invalidation), then maps
+    /// it RX at `va` in the shared tables. Interrupts are masked throughout (the tables lock).
     fn fill_and_map(&self, config: &Config, va: u64, pa: u64) -> Result<(), PoolError> {
         let fill = fill_block(config);
         let plan = &config.maintenance;
-        self.with_tables(|t| {
-            let mut tlb = BroadcastTlb::<P::Regime>::new();
+        let mut guard = self.tables.lock();
+        let t = guard.as_mut().ok_or(PoolError::Uninitialised)?;
+        let cpu = P::cpu_index();
+        if !self.cpu_entered_view(cpu) {
+            return Err(PoolError::NoCpuView { cpu });
+        }
+        let view = *t
+            .private_roots()
+            .get(cpu)
+            .ok_or(PoolError::NoCpuView { cpu })?;
+        let mut local = LocalTlb::<P::Regime>::new();
+        t.in_private_root(view, fill, BLOCK_SIZE_2M, |t| {
             t.map(
                 fill,
                 pa,
                 BLOCK_SIZE_2M,
                 Role::PokeAlias,
                 Granularity::Block2M,
-                &mut tlb,
-            )?;
+                &mut local,
+            )
+        })
+        .map_err(PoolError::Map)?;
+        {
             let brk = u64::from(insn::brk(0)) | (u64::from(insn::brk(0)) << 32);
             let words = fill as *mut u64;
             for i in 0..(BLOCK_SIZE_2M / 8) as usize {
@@ -216,17 +271,21 @@ impl<P: Platform> ExecManager<P> {
             }
             // Clean the BRKs to the point of unification before the frame can be fetched from.
             cache::clean_data_range(plan, fill, fill + BLOCK_SIZE_2M);
-            t.unmap(fill, BLOCK_SIZE_2M, &mut tlb)?;
-            t.map(
-                va,
-                pa,
-                BLOCK_SIZE_2M,
-                Role::ExecPool,
-                Granularity::Block2M,
-                &mut tlb,
-            )
-        })?
+        }
+        t.in_private_root(view, fill, BLOCK_SIZE_2M, |t| {
+            t.unmap(fill, BLOCK_SIZE_2M, &mut local)
+        })
         .map_err(PoolError::Map)?;
+        t.map(
+            va,
+            pa,
+            BLOCK_SIZE_2M,
+            Role::ExecPool,
+            Granularity::Block2M,
+            &mut BroadcastTlb::<P::Regime>::new(),
+        )
+        .map_err(PoolError::Map)?;
+        drop(guard);
         // The frame may have been executable at another VA before (a freed pack): drop any
         // I-cache lines that still hold its old code.
         cache::invalidate_icache_all();
@@ -238,10 +297,89 @@ impl<P: Platform> ExecManager<P> {
         exec_pa(&self.pool.read(), va)
     }
 
-    /// Audits the live tables against the W^X and exec-pool rules: the whole of the kernel's
-    /// tables from the root given to `init` (the one in TTBR0_ELx or TTBR1_ELx, which the
-    /// hardware walks), with this regime's SCTLR_ELx.WXN. `active_poke` names the fixmap slot of
-    /// a poke in progress, if the caller is inside one.
+    /// The fixmap as every CPU's view holds it now, read without stopping any poke (for a check
+    /// made while other CPUs poke): each live alias, by the CPU whose view maps it, and every
+    /// violation of the views' privacy: the kernel's root reaching a view's tables, two views
+    /// sharing theirs, a root entry that differs ([`Rule::ViewDiverges`]), or a valid entry under
+    /// a view's own root entry other than its poke slot and fill block.
+    pub fn fixmap_views(&self) -> FixmapViews {
+        let mut out = FixmapViews::default();
+        let Some(config) = self.config.get() else {
+            return out;
+        };
+        let tables = self.tables.lock();
+        let Some(tables) = tables.as_ref() else {
+            return out;
+        };
+        let fixmap = config.fixmap.start;
+        let level = tables.root().range.start_level();
+        let shared = |raw, rule| Violation {
+            va: fixmap,
+            level,
+            raw,
+            permissions: None,
+            rule,
+        };
+        // SAFETY: the kernel's live root (the `init` contract), never freed; one entry read.
+        let kernel = unsafe { root_entry(tables.root(), tables.memory(), fixmap) };
+        let mut seen = Vec::new();
+        if kernel != 0 {
+            seen.push(kernel);
+            out.violations
+                .push(shared(kernel, Rule::PrivateEntryShared));
+        }
+        let wxn = hw::wxn_enabled::<P::Regime>();
+        for (cpu, &view) in tables.private_roots().iter().enumerate() {
+            let root = tables.private_table_root(view);
+            for index in tables.diverging_root_entries(view) {
+                out.violations.push(Violation {
+                    va: root_entry_va(root, index),
+                    ..shared(0, Rule::ViewDiverges)
+                });
+            }
+            // SAFETY: the kernel's live root or a view of it: never freed; entries read once each.
+            let own = unsafe { root_entry(root, tables.memory(), fixmap) };
+            if own != 0 && seen.contains(&own) {
+                out.violations.push(shared(own, Rule::PrivateEntryShared));
+            }
+            seen.push(own);
+            let fill = fill_block(config);
+            let visit = |leaf: &crate::mmu::Leaf<P::Regime>| {
+                let poke = leaf.va == fixmap && leaf.level == 3;
+                let filling = leaf.va == fill && leaf.level == 2;
+                let permissions = leaf.permissions(wxn);
+                if (poke || filling) && !permissions.exec {
+                    out.aliases.push(LiveAlias {
+                        cpu,
+                        va: leaf.va,
+                        pa: leaf.pa,
+                    });
+                } else {
+                    out.violations.push(Violation {
+                        va: leaf.va,
+                        level: leaf.level,
+                        raw: leaf.raw,
+                        permissions: Some(permissions),
+                        rule: Rule::FixmapLiveWhenIdle,
+                    });
+                }
+            };
+            // SAFETY: the kernel's live root or a view of it: never freed; entries read once each.
+            unsafe { walk_root_entry::<P::Regime>(root, tables.memory(), fixmap, visit) };
+        }
+        out
+    }
+
+    /// Audits the live tables against the W^X and exec-pool rules, in every CPU's view: the whole
+    /// of the kernel's tables from the root given to `init`, and each CPU's view from its own
+    /// root (with this regime's SCTLR_ELx.WXN). `active_poke` names the fixmap slot of a poke in
+    /// progress on this CPU, if the caller is inside one: it is allowed in this CPU's view only.
+    ///
+    /// Beyond the rules of [`audit_root`]: every view's root entries equal the kernel's but the
+    /// fixmap's ([`Rule::ViewDiverges`]), and the fixmap's entry is each view's own, reachable from
+    /// no other root ([`Rule::PrivateEntryShared`]), so no CPU can see another CPU's alias.
+    /// Violations in the shared tables are reported once (from the kernel's root), those under a
+    /// view's own entry once per view.
     pub fn audit_with(&self, active_poke: Option<u64>) -> Vec<Violation> {
         let Some(config) = self.config.get() else {
             return Vec::new();
@@ -254,21 +392,70 @@ impl<P: Platform> ExecManager<P> {
             return Vec::new();
         };
         let live = pool.pack_frames();
-        let context = AuditContext {
+        let fixmap = config.fixmap.start..config.fixmap.end();
+        let mut context = AuditContext {
             wxn: hw::wxn_enabled::<P::Regime>(),
             exec_pool_va: config.pool.start..config.pool.end(),
             exec_frames_pa: pool.frames.exclusive_ranges(),
-            fixmap_va: config.fixmap.start..config.fixmap.end(),
-            active_poke,
+            fixmap_va: fixmap.clone(),
+            active_poke: None,
             live_packs: &live,
         };
         let tables = self.tables.lock();
         let Some(tables) = tables.as_ref() else {
             return Vec::new();
         };
-        // SAFETY: the root is the kernel's live root (the `init` contract), reachable through the
-        // manager's table memory, never freed; the tables lock keeps the manager's own changes
-        // out while it is read, and the kernel's single-entry writes are tolerated by the walk.
-        unsafe { audit_root::<P::Regime>(tables.root(), tables.memory(), &context) }
+        let me = P::cpu_index();
+        let mut violations =
+            // SAFETY: the kernel's live root or a view of it: never freed; entries read once each.
+            unsafe { audit_root::<P::Regime>(tables.root(), tables.memory(), &context) };
+        // SAFETY: the kernel's live root or a view of it: never freed; entries read once each.
+        let own_entry = |root| unsafe { root_entry(root, tables.memory(), fixmap.start) };
+        let level = tables.root().range.start_level();
+        let mut seen = Vec::new();
+        let kernel_entry = own_entry(tables.root());
+        if kernel_entry != 0 {
+            seen.push(kernel_entry);
+            violations.push(Violation {
+                va: fixmap.start,
+                level,
+                raw: kernel_entry,
+                permissions: None,
+                rule: Rule::PrivateEntryShared,
+            });
+        }
+        for (cpu, &view) in tables.private_roots().iter().enumerate() {
+            let root = tables.private_table_root(view);
+            for index in tables.diverging_root_entries(view) {
+                let va = root_entry_va(root, index);
+                violations.push(Violation {
+                    va,
+                    level,
+                    // SAFETY: a view of the kernel's root, never freed; one entry read.
+                    raw: unsafe { root_entry(root, tables.memory(), va) },
+                    permissions: None,
+                    rule: Rule::ViewDiverges,
+                });
+            }
+            let entry = own_entry(root);
+            if entry != 0 && seen.contains(&entry) {
+                violations.push(Violation {
+                    va: fixmap.start,
+                    level,
+                    raw: entry,
+                    permissions: None,
+                    rule: Rule::PrivateEntryShared,
+                });
+            }
+            seen.push(entry);
+            context.active_poke = if cpu == me { active_poke } else { None };
+            // SAFETY: the kernel's live root or a view of it: never freed; entries read once each.
+            let mine = unsafe { audit_root::<P::Regime>(root, tables.memory(), &context) };
+            violations.extend(
+                mine.into_iter()
+                    .filter(|v| fixmap.contains(&v.va) && v.rule != Rule::PackNotBlock),
+            );
+        }
+        violations
     }
 }

@@ -69,6 +69,12 @@ pub enum Rule {
     PackAttributes,
     /// A fixmap slot is valid while it is not the active poke slot.
     FixmapLiveWhenIdle,
+    /// A root entry of a CPU's view differs from the kernel's root (a change to the shared top
+    /// level that did not reach every root).
+    ViewDiverges,
+    /// A CPU's private root entry (the fixmap's) is reachable from another root: the kernel's, or
+    /// another CPU's view, which could then see or store through that CPU's alias.
+    PrivateEntryShared,
 }
 
 impl Rule {
@@ -84,6 +90,8 @@ impl Rule {
             Self::PackNotBlock => "exec pack not mapped by one 2 MiB block",
             Self::PackAttributes => "exec pack attributes differ from ExecPool",
             Self::FixmapLiveWhenIdle => "fixmap slot valid outside a poke",
+            Self::ViewDiverges => "CPU view's root entry differs from the kernel's",
+            Self::PrivateEntryShared => "CPU's private root entry reachable from another root",
         }
     }
 }

@@ -42,9 +42,10 @@ pub use descriptor::{
     Permissions, Regime, Role, Shareability, TableAttributes,
 };
 pub use table::{
-    AddressSpace, Granularity, HeapTables, Leaf, LinearMap, NoMaintenance, PageTable,
+    AddressSpace, Granularity, HeapTables, Leaf, LinearMap, NoMaintenance, PageTable, PrivateRoot,
     RecordingMaintenance, T0SZ, TableAccess, TableMemory, TableRoot, TlbEvent, TlbMaintenance,
-    Translation, VA_BITS, VA_LIMIT, VaRange, translate_root, walk_root,
+    Translation, VA_BITS, VA_LIMIT, VaRange, root_entry, translate_root, walk_root,
+    walk_root_entry,
 };
 
 /// Size of a translation granule and of a level-3 page.
@@ -124,6 +125,13 @@ pub enum MapError {
     OutOfMemory,
     /// An upper (TTBR1) VA range was asked for in a regime that has only TTBR0 (EL2 without VHE).
     NoUpperRange,
+    /// The VA is under the root entry that each CPU's view has to itself
+    /// ([`AddressSpace::add_private_root`]): the shared tables may not map there, a view may not
+    /// map outside it, and its entry is not rewritten as a shared one.
+    PrivateToEachView {
+        /// The address.
+        va: u64,
+    },
     /// The allocator returned a table at an address a descriptor cannot hold (at or above
     /// [`PA_LIMIT`]); it was given back.
     TableNotAddressable {
@@ -166,6 +174,12 @@ impl fmt::Display for MapError {
             Self::NotMapped { va } => write!(f, "VA {va:#x} is not mapped"),
             Self::OutOfMemory => write!(f, "out of memory for a translation table"),
             Self::NoUpperRange => write!(f, "this translation regime has no upper (TTBR1) range"),
+            Self::PrivateToEachView { va } => {
+                write!(
+                    f,
+                    "VA {va:#x} is under the root entry private to each CPU's view"
+                )
+            }
             Self::TableNotAddressable { pa } => {
                 write!(f, "table at {pa:#x} is beyond the {PA_BITS}-bit PA space")
             }

@@ -171,6 +171,27 @@ pub struct TableRoot {
     pub range: VaRange,
 }
 
+/// A root table of one CPU's view of an [`AddressSpace`] ([`AddressSpace::add_private_root`]):
+/// every root entry is the main root's but one, the view's own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrivateRoot {
+    pa: u64,
+    index: usize,
+    first: u64,
+}
+
+impl PrivateRoot {
+    /// Physical address of the view's root table (its TTBR base address).
+    pub fn pa(&self) -> u64 {
+        self.pa
+    }
+
+    /// The first VA of the root entry that is the view's own.
+    pub fn own_span_start(&self) -> u64 {
+        self.first
+    }
+}
+
 /// How the running code reaches a translation table from its physical address (what a table
 /// descriptor holds): the kernel's own mapping of its table memory.
 pub trait TableAccess {
@@ -395,6 +416,7 @@ unsafe fn locate(
 /// struct El1Tlb;
 /// impl TlbMaintenance<El1And0> for El1Tlb {
 ///     fn invalidate_va(&mut self, _va: u64, _level: u8) {}
+///     fn invalidate_all(&mut self) {}
 ///     fn publish(&mut self) {}
 /// }
 ///
@@ -411,6 +433,7 @@ unsafe fn locate(
 /// struct El2Tlb;
 /// impl TlbMaintenance<El2> for El2Tlb {
 ///     fn invalidate_va(&mut self, _va: u64, _level: u8) {}
+///     fn invalidate_all(&mut self) {}
 ///     fn publish(&mut self) {}
 /// }
 ///
@@ -426,6 +449,11 @@ pub trait TlbMaintenance<R: Regime> {
     /// invalidation complete on every CPU before the entry is reused (break-before-make, D8.14).
     fn invalidate_va(&mut self, va: u64, level: u8);
 
+    /// Called after a valid root entry was written invalid ([`AddressSpace::set_root_entry`]):
+    /// it spans more than an invalidation by VA reaches, so every entry of the regime goes.
+    /// Kernel: `DSB ISHST; TLBI VMALLE1IS` (`TLBI ALLE2IS` in EL2); `DSB ISH`.
+    fn invalidate_all(&mut self);
+
     /// Called after entries were written into previously invalid slots (invalid entries are never
     /// cached in a TLB, so no invalidation is needed), and before fresh tables are linked.
     /// Kernel: `DSB ISHST; ISB`, so the new entries are visible to the walker before the next
@@ -440,6 +468,7 @@ pub struct NoMaintenance;
 
 impl<R: Regime> TlbMaintenance<R> for NoMaintenance {
     fn invalidate_va(&mut self, _va: u64, _level: u8) {}
+    fn invalidate_all(&mut self) {}
     fn publish(&mut self) {}
 }
 
@@ -456,6 +485,8 @@ pub enum TlbEvent {
         /// The entry as the walker would see it during the invalidation.
         entry: Option<u64>,
     },
+    /// `invalidate_all()`.
+    InvalidateAll,
     /// `publish()`.
     Publish,
 }
@@ -499,6 +530,10 @@ impl<R: Regime> TlbMaintenance<R> for RecordingMaintenance {
         });
         self.events
             .push(TlbEvent::InvalidateVa { va, level, entry });
+    }
+
+    fn invalidate_all(&mut self) {
+        self.events.push(TlbEvent::InvalidateAll);
     }
 
     fn publish(&mut self) {
@@ -573,6 +608,53 @@ pub unsafe fn walk_root<R: Regime>(
     };
     // SAFETY: the caller's contract covers every table reachable from the root.
     unsafe { walk_table(access, table, at, TableAttributes::NONE, &mut visit) }
+}
+
+/// [`walk_root`] limited to the root entry covering `va`: the leaves under it, in VA order (a
+/// CPU view's own entry, [`AddressSpace::add_private_root`]).
+///
+/// # Safety
+///
+/// As for [`walk_root`].
+pub unsafe fn walk_root_entry<R: Regime>(
+    root: TableRoot,
+    access: &impl TableAccess,
+    va: u64,
+    mut visit: impl FnMut(&Leaf<R>),
+) {
+    if !root.range.contains(va) {
+        return;
+    }
+    let level = root.range.start_level();
+    let size = entry_size(level);
+    // SAFETY: the caller's contract.
+    let table = unsafe { Table::at(access, root.pa) };
+    let index = root.range.index(va, level);
+    // A one-entry "table" at the entry's own address: the walk then visits only it.
+    let one = Table {
+        base: table.entry(index),
+    };
+    let at = Position {
+        level,
+        base_va: va & !(size - 1),
+        entries: 1,
+    };
+    // SAFETY: the caller's contract covers every table reachable from the root.
+    unsafe { walk_table(access, one, at, TableAttributes::NONE, &mut visit) }
+}
+
+/// The raw root entry covering `va` (0 outside the range).
+///
+/// # Safety
+///
+/// As for [`walk_root`].
+pub unsafe fn root_entry(root: TableRoot, access: &impl TableAccess, va: u64) -> u64 {
+    if !root.range.contains(va) {
+        return 0;
+    }
+    // SAFETY: the caller's contract.
+    let table = unsafe { Table::at(access, root.pa) };
+    table.read(root.range.index(va, root.range.start_level()))
 }
 
 /// Where a table sits in a walk: its level, the first VA it maps, the entries it uses (fewer than
@@ -835,6 +917,10 @@ pub struct AddressSpace<R: Regime, M: TableMemory = HeapTables> {
     memory: M,
     tables: Vec<u64>,
     owns_root: bool,
+    /// Roots that share this root's entries but one ([`AddressSpace::add_private_root`]).
+    views: Vec<PrivateRoot>,
+    /// While [`AddressSpace::in_private_root`] runs: the main root, swapped out of `root`.
+    main_root: Option<u64>,
     regime: PhantomData<R>,
     /// Tests: how many more tables the allocator will provide.
     #[cfg(test)]
@@ -873,6 +959,8 @@ impl<R: Regime, M: TableMemory> AddressSpace<R, M> {
             memory,
             tables,
             owns_root: true,
+            views: Vec::new(),
+            main_root: None,
             regime: PhantomData,
             #[cfg(test)]
             allocation_budget: None,
@@ -906,6 +994,8 @@ impl<R: Regime, M: TableMemory> AddressSpace<R, M> {
             memory,
             tables,
             owns_root: false,
+            views: Vec::new(),
+            main_root: None,
             regime: PhantomData,
             #[cfg(test)]
             allocation_budget: None,
@@ -969,6 +1059,7 @@ impl<R: Regime, M: TableMemory> AddressSpace<R, M> {
         };
         check_va_range(self.root.range, va, size, align)?;
         check_pa_range(pa, size, align)?;
+        self.check_shared(va, size)?;
 
         let mut new_tables = NewTables::default();
         let mut offset = 0;
@@ -1127,6 +1218,7 @@ impl<R: Regime, M: TableMemory> AddressSpace<R, M> {
     ) -> Result<(), MapError> {
         let step = entry_size(level);
         check_va_range(self.root.range, va, size, step)?;
+        self.check_shared(va, size)?;
         let mut new_tables = NewTables::default();
         for at in (va..va + size).step_by(step as usize) {
             let found = self.find(at);
@@ -1232,6 +1324,19 @@ impl<R: Regime, M: TableMemory> AddressSpace<R, M> {
                     return Err(error);
                 }
             };
+            if found.level == self.root.range.start_level() && self.main_root.is_none() {
+                if self.views.iter().any(|view| view.index == found.index) {
+                    // Each view's own entry: not linked from the main root, ever.
+                    pool.push(table);
+                    return Err(MapError::PrivateToEachView { va });
+                }
+                // A new root entry reaches every view too (they share all the others), before
+                // the main root's: a walk from any root then finds the same table.
+                for view in &self.views {
+                    // SAFETY: a root table this space allocated and keeps (type invariant).
+                    unsafe { Table::at(&self.memory, view.pa) }.write(found.index, raw);
+                }
+            }
             // Capacity was reserved with the pool: this push does not allocate.
             self.tables.push(table);
             found.table.write(found.index, raw);
@@ -1286,6 +1391,184 @@ impl<R: Regime, M: TableMemory> AddressSpace<R, M> {
             // not in `self.tables`.
             unsafe { self.memory.free_table(table) };
         }
+    }
+
+    /// The VA span `(first, size)` of the root entry that covers `va` (1 GiB for a root at level
+    /// 1, 512 GiB at level 0), or `None` outside the range.
+    pub fn root_entry_span(&self, va: u64) -> Option<(u64, u64)> {
+        if !self.root.range.contains(va) {
+            return None;
+        }
+        let size = entry_size(self.root.range.start_level());
+        Some((va & !(size - 1), size))
+    }
+
+    /// Adds a root of its own for one CPU: a copy of this root, sharing every table below it,
+    /// except that the root entry covering `va` is the view's own (invalid until tables are
+    /// created under it with [`AddressSpace::in_private_root`]). Mappings made under that entry
+    /// exist only in this view, so only a CPU whose TTBR holds it can walk them, and removing
+    /// one needs only that CPU's TLB invalidation (Arm ARM D8.16: a TLB holds only what its own
+    /// walks fetched; TTBR_ELx.CnP = 0 keeps entries private to the PE).
+    ///
+    /// From then on a root entry this space links (a new table, at [`AddressSpace::map`] or
+    /// [`AddressSpace::reserve_pages`]) is linked in every view as well, and the entry covering
+    /// `va` can no longer be linked in the main root ([`MapError::PrivateToEachView`]).
+    ///
+    /// Refused, with nothing changed: `va` outside the range; the main root's entry there valid
+    /// ([`MapError::AlreadyMapped`]: the span must be unmapped in the shared tables); a view of
+    /// another span exists (all views are private in the same entry); no memory.
+    pub fn add_private_root(&mut self, va: u64) -> Result<PrivateRoot, MapError> {
+        if self.main_root.is_some() {
+            return Err(MapError::PrivateToEachView { va });
+        }
+        let (first, _) = self
+            .root_entry_span(va)
+            .ok_or(MapError::VaOutOfRange { va, size: 1 })?;
+        let index = self.root.range.index(va, self.root.range.start_level());
+        if self.views.first().is_some_and(|view| view.index != index) {
+            return Err(MapError::PrivateToEachView { va });
+        }
+        // SAFETY: the root is live and readable (type invariant).
+        let main = unsafe { Table::at(&self.memory, self.root.pa) };
+        if main.read(index) != 0 {
+            return Err(MapError::AlreadyMapped { va: first });
+        }
+        self.views
+            .try_reserve(1)
+            .map_err(|_| MapError::OutOfMemory)?;
+        let mut pool = self.allocate_tables(1)?;
+        let Some(pa) = pool.pop() else {
+            return Err(MapError::OutOfMemory);
+        };
+        // SAFETY: allocated and zeroed just above, not linked anywhere yet.
+        let copy = unsafe { Table::at(&self.memory, pa) };
+        for i in (0..self.root.range.root_entries()).filter(|&i| i != index) {
+            copy.write(i, main.read(i));
+        }
+        // Capacity was reserved by `allocate_tables`.
+        self.tables.push(pa);
+        let view = PrivateRoot { pa, index, first };
+        self.views.push(view);
+        Ok(view)
+    }
+
+    /// The views made by [`AddressSpace::add_private_root`], in order.
+    pub fn private_roots(&self) -> &[PrivateRoot] {
+        &self.views
+    }
+
+    /// Runs `f` on the tables as `view` walks them, for `va..va + size` inside the view's own
+    /// span: [`AddressSpace::map`], [`AddressSpace::unmap`], [`AddressSpace::reserve_pages`],
+    /// [`AddressSpace::leaf_entry_ptr`] and the rest then act on the view's private tables.
+    /// Maintenance is the caller's choice: a view's own entries may be invalidated on its CPU
+    /// alone.
+    ///
+    /// Refused: a view of another space, or a range that leaves the view's span (which would
+    /// write the shared tables through one view only).
+    pub fn in_private_root<T>(
+        &mut self,
+        view: PrivateRoot,
+        va: u64,
+        size: u64,
+        f: impl FnOnce(&mut Self) -> Result<T, MapError>,
+    ) -> Result<T, MapError> {
+        let span = entry_size(self.root.range.start_level());
+        let inside = va >= view.first
+            && size <= span
+            && va - view.first <= span - size
+            && self.views.contains(&view);
+        if !inside || self.main_root.is_some() {
+            return Err(MapError::PrivateToEachView { va });
+        }
+        self.main_root = Some(self.root.pa);
+        self.root.pa = view.pa;
+        let result = f(self);
+        self.root.pa = self.main_root.take().unwrap_or(self.root.pa);
+        result
+    }
+
+    /// The root table as `view` sees it: the TTBR value for the CPU that owns the view.
+    pub fn private_table_root(&self, view: PrivateRoot) -> TableRoot {
+        TableRoot {
+            pa: view.pa,
+            range: self.root.range,
+        }
+    }
+
+    /// The root entries where `view` differs from the main root, its own entry left out: none,
+    /// unless something wrote one root and not the other (the audit reports each).
+    pub fn diverging_root_entries(&self, view: PrivateRoot) -> Vec<usize> {
+        let main_pa = self.main_root.unwrap_or(self.root.pa);
+        // SAFETY: both roots are live tables of this space (type invariant).
+        let (main, copy) = unsafe {
+            (
+                Table::at(&self.memory, main_pa),
+                Table::at(&self.memory, view.pa),
+            )
+        };
+        (0..self.root.range.root_entries())
+            .filter(|&i| i != view.index && main.read(i) != copy.read(i))
+            .collect()
+    }
+
+    /// Rewrites the root entry covering `va` in the main root and in every view (a kernel that
+    /// changes its top level after the views exist goes through here, so the change reaches
+    /// every root). Writing over a valid entry is break-before-make (Arm ARM D8.14): invalid in
+    /// every root, then [`TlbMaintenance::invalidate_all`] (a root entry spans more than any TLBI
+    /// by VA reaches), then the new value everywhere and [`TlbMaintenance::publish`].
+    ///
+    /// Refused: outside the range; the views' own entry ([`MapError::PrivateToEachView`]).
+    ///
+    /// # Safety
+    ///
+    /// `raw` is an invalid entry, a table descriptor to a table that stays allocated while any
+    /// root is live, or a block descriptor (level 1) the kernel stands behind; the tables that
+    /// the old entry reached are the caller's to free once this returns.
+    pub unsafe fn set_root_entry(
+        &mut self,
+        va: u64,
+        raw: u64,
+        maintenance: &mut impl TlbMaintenance<R>,
+    ) -> Result<(), MapError> {
+        if !self.root.range.contains(va) || self.main_root.is_some() {
+            return Err(MapError::VaOutOfRange { va, size: 1 });
+        }
+        let index = self.root.range.index(va, self.root.range.start_level());
+        if self.views.iter().any(|view| view.index == index) {
+            return Err(MapError::PrivateToEachView { va });
+        }
+        // SAFETY: the roots are live tables of this space (type invariant).
+        let roots: Vec<Table> = core::iter::once(self.root.pa)
+            .chain(self.views.iter().map(|view| view.pa))
+            .map(|pa| unsafe { Table::at(&self.memory, pa) })
+            .collect();
+        if roots[0].read(index) != 0 {
+            for root in &roots {
+                root.write(index, 0);
+            }
+            maintenance.invalidate_all();
+        }
+        for root in roots.iter().rev() {
+            root.write(index, raw);
+        }
+        maintenance.publish();
+        Ok(())
+    }
+
+    /// Refuses a main-root operation on `va..va + size` that touches the views' own entry.
+    fn check_shared(&self, va: u64, size: u64) -> Result<(), MapError> {
+        let Some(view) = self.views.first() else {
+            return Ok(());
+        };
+        if self.main_root.is_some() {
+            return Ok(());
+        }
+        let span = entry_size(self.root.range.start_level());
+        let end = va.saturating_add(size);
+        if va < view.first.saturating_add(span) && view.first < end {
+            return Err(MapError::PrivateToEachView { va });
+        }
+        Ok(())
     }
 
     /// Tests: the entry for `va` at `level`, to plant raw descriptors the API refuses to build.
@@ -2007,5 +2290,205 @@ mod tests {
                 }
             }
         }
+    }
+
+    // --- per-CPU views (add_private_root) ---
+
+    const G1: u64 = 1 << 30;
+    const FIXMAP: u64 = 511 * G1;
+
+    /// A kernel-like space: a page of code, the pool's level-2 entries, two CPU views of the
+    /// fixmap's GiB, each with its poke slot's level-3 table.
+    fn space_with_views() -> (AddressSpace<El1And0>, Vec<PrivateRoot>) {
+        let mut space = space();
+        let m = &mut NoMaintenance;
+        space
+            .map(0x4000_0000, 0x4000_0000, K4, Code, Pages, m)
+            .unwrap();
+        space.reserve_blocks_2m(0x3c00_0000, 4 * M2, m).unwrap();
+        let views: Vec<PrivateRoot> = (0..2)
+            .map(|_| {
+                let view = space.add_private_root(FIXMAP).unwrap();
+                space
+                    .in_private_root(view, FIXMAP, 4 * M2, |t| {
+                        t.reserve_pages(FIXMAP, K4, m)?;
+                        t.reserve_blocks_2m(FIXMAP + M2, M2, m)
+                    })
+                    .unwrap();
+                view
+            })
+            .collect();
+        (space, views)
+    }
+
+    fn view_leaves(space: &AddressSpace<El1And0>, view: PrivateRoot) -> Vec<Leaf<El1And0>> {
+        let mut out = Vec::new();
+        // SAFETY: the view's root belongs to `space`.
+        unsafe {
+            walk_root(space.private_table_root(view), space.memory(), |l| {
+                out.push(*l)
+            })
+        };
+        out
+    }
+
+    #[test]
+    fn a_view_shares_everything_but_its_own_entry() {
+        let (mut space, views) = space_with_views();
+        let m = &mut NoMaintenance;
+        assert_ne!(views[0].pa(), views[1].pa());
+        for &view in &views {
+            assert!(space.diverging_root_entries(view).is_empty());
+            assert_eq!(view_leaves(&space, view), leaves(&space));
+        }
+        // A page mapped in one view's fixmap is in that view only.
+        let pa = 0x5000_0000;
+        space
+            .in_private_root(views[0], FIXMAP, K4, |t| {
+                t.map(FIXMAP, pa, K4, PokeAlias, Pages, m)
+            })
+            .unwrap();
+        let mine = view_leaves(&space, views[0]);
+        assert_eq!(mine.len(), leaves(&space).len() + 1);
+        assert!(mine.iter().any(|l| l.va == FIXMAP && l.pa == pa));
+        assert!(!view_leaves(&space, views[1]).iter().any(|l| l.va == FIXMAP));
+        assert!(
+            space.translate(FIXMAP).is_none(),
+            "not in the kernel's root"
+        );
+        // SAFETY: the roots belong to `space`.
+        let (own0, own1, main) = unsafe {
+            (
+                root_entry(space.private_table_root(views[0]), space.memory(), FIXMAP),
+                root_entry(space.private_table_root(views[1]), space.memory(), FIXMAP),
+                root_entry(space.root(), space.memory(), FIXMAP),
+            )
+        };
+        assert!(own0 != 0 && own1 != 0 && own0 != own1 && main == 0);
+        // walk_root_entry sees the view's own leaves only.
+        let mut own = Vec::new();
+        // SAFETY: as above.
+        unsafe {
+            walk_root_entry::<El1And0>(
+                space.private_table_root(views[0]),
+                space.memory(),
+                FIXMAP,
+                |l| own.push(l.va),
+            )
+        };
+        assert_eq!(own, vec![FIXMAP]);
+        // Its leaf entry is the view's, not the kernel's.
+        let entry = space
+            .in_private_root(views[1], FIXMAP, K4, |t| {
+                t.leaf_entry_ptr(FIXMAP).ok_or(NotMapped { va: FIXMAP })
+            })
+            .unwrap();
+        assert_eq!(space.leaf_entry_ptr(FIXMAP), None);
+        // SAFETY: a live, invalid level-3 entry of view 1.
+        assert_eq!(unsafe { entry.as_ptr().read() }, 0);
+    }
+
+    #[test]
+    fn a_new_root_entry_reaches_every_view() {
+        let (mut space, views) = space_with_views();
+        let m = &mut NoMaintenance;
+        // A GiB the kernel had not used: a new level-1 entry, linked in every root.
+        space.map(5 * G1, 0x9000_0000, K4, Data, Pages, m).unwrap();
+        for &view in &views {
+            assert!(space.diverging_root_entries(view).is_empty());
+            assert!(view_leaves(&space, view).iter().any(|l| l.va == 5 * G1));
+        }
+    }
+
+    #[test]
+    fn the_private_entry_is_refused_to_the_shared_tables_and_views_stay_inside_it() {
+        let (mut space, views) = space_with_views();
+        let m = &mut NoMaintenance;
+        let before = leaves(&space);
+        let tables = space.table_count();
+        let va = FIXMAP + 4 * M2;
+        assert_eq!(
+            space.map(va, 0x9000_0000, K4, Data, Pages, m),
+            Err(PrivateToEachView { va })
+        );
+        assert_eq!(
+            space.reserve_pages(va, K4, m),
+            Err(PrivateToEachView { va })
+        );
+        // A view may not write the shared tables, nor reach outside its entry.
+        assert_eq!(
+            space.in_private_root(views[0], 0x4000_0000, K4, |_| Ok(())),
+            Err(PrivateToEachView { va: 0x4000_0000 })
+        );
+        assert_eq!(
+            space.in_private_root(views[0], FIXMAP, 2 * G1, |_| Ok(())),
+            Err(PrivateToEachView { va: FIXMAP })
+        );
+        // Only one private entry: a view of another GiB is refused, as is a GiB mapped already.
+        assert_eq!(
+            space.add_private_root(3 * G1),
+            Err(PrivateToEachView { va: 3 * G1 })
+        );
+        let mut other = self::space();
+        other
+            .map(0x4000_0000, 0x4000_0000, K4, Code, Pages, m)
+            .unwrap();
+        assert_eq!(
+            other.add_private_root(0x4000_0000),
+            Err(AlreadyMapped { va: G1 })
+        );
+        // A view of another space is refused.
+        let foreign = other.add_private_root(FIXMAP).unwrap();
+        assert_eq!(
+            space.in_private_root(foreign, FIXMAP, K4, |_| Ok(())),
+            Err(PrivateToEachView { va: FIXMAP })
+        );
+        assert_eq!(leaves(&space), before);
+        assert_eq!(space.table_count(), tables);
+    }
+
+    #[test]
+    fn set_root_entry_is_break_before_make_in_every_root() {
+        let (mut space, views) = space_with_views();
+        let at = 0x4000_0000;
+        // SAFETY: the root belongs to `space`.
+        let linked = unsafe { root_entry(space.root(), space.memory(), at) };
+        let mut recorder = RecordingMaintenance::new();
+        // SAFETY: (test) the entry is put back as it was, so every table stays reachable.
+        unsafe { space.set_root_entry(at, linked, &mut recorder) }.unwrap();
+        assert_eq!(
+            recorder.events,
+            vec![TlbEvent::InvalidateAll, TlbEvent::Publish]
+        );
+        for &view in &views {
+            assert!(space.diverging_root_entries(view).is_empty());
+        }
+        // Into an invalid entry: no invalidation.
+        let mut recorder = RecordingMaintenance::new();
+        // SAFETY: (test) an invalid entry written over an invalid one.
+        unsafe { space.set_root_entry(7 * G1, 0, &mut recorder) }.unwrap();
+        assert_eq!(recorder.events, vec![TlbEvent::Publish]);
+        // Refused: the views' own entry, and outside the range.
+        // SAFETY: (test) refused before anything is written.
+        unsafe {
+            assert_eq!(
+                space.set_root_entry(FIXMAP, 0, &mut NoMaintenance),
+                Err(PrivateToEachView { va: FIXMAP })
+            );
+            assert!(
+                space
+                    .set_root_entry(1 << 40, 0, &mut NoMaintenance)
+                    .is_err()
+            );
+        }
+        // A root written behind the space's back is found.
+        // SAFETY: (test) view 1's root table, owned by `space`; one entry made to differ.
+        unsafe {
+            let root = Table::at(space.memory(), views[1].pa());
+            root.write(9, 0x1234_5003);
+            assert_eq!(space.diverging_root_entries(views[1]), vec![9]);
+            root.write(9, 0);
+        }
+        assert!(space.diverging_root_entries(views[1]).is_empty());
     }
 }

@@ -11,15 +11,20 @@
 //!    [`check_range`] refuse misaligned or overlong writes at the same point.
 //! 2. **Map the alias.** With IRQs masked (so nothing else on this CPU uses or sees the slot), write
 //!    this CPU's fixmap entry: the page's PA, Normal write-back, read-write, PXN + UXN — writable,
-//!    never executable, so W^X holds even for the alias (and SCTLR_ELx.WXN agrees).
+//!    never executable, so W^X holds even for the alias (and SCTLR_ELx.WXN agrees). The entry is in
+//!    this CPU's own view of the tables (the manager gives each CPU a root of its own, sharing all
+//!    but the fixmap's root entry): no other CPU can walk it, so no other CPU can store through it.
 //! 3. **Store.** Copy the words. A live patch ([`cmodx::check_pair`]) is one aligned 32-bit store:
 //!    the Arm ARM (B2.2.5) defines concurrent execution only for a single-copy-atomic word write.
-//! 4. **Unmap.** Write the entry invalid, `DSB ISHST`, `TLBI VALE1IS` for the alias, `DSB ISH`, `ISB`.
-//!    The TLBI is broadcast because other CPUs may have walked the shared table speculatively and
-//!    cached the alias. On cores whose broadcast TLBI can complete before earlier writes are observed
-//!    (Cortex-A76 #1286807, A55 #2441007, A510 #2441009) the `TLBI; DSB` pair is issued twice, as
-//!    Linux does. The `DSB ISH` also completes the stores before any cache maintenance. Then restore
-//!    the IRQ mask. Steps 2–4 repeat page by page for a range that crosses pages.
+//! 4. **Unmap.** Write the entry invalid, `DSB NSHST`, `TLBI VAALE1` (`TLBI VALE2` at EL2) for the
+//!    alias, `DSB NSH`, `ISB`: a local invalidation, because only this CPU's TLB can hold the alias
+//!    (TTBR.CnP = 0: TLB entries are private to the PE that walked them, Arm ARM D8.16). On cores
+//!    where a TLBI can complete before earlier writes are observed (Cortex-A76 #1286807, A55
+//!    #2441007, A510 #2441009) the `TLBI; DSB` pair is issued twice, as Linux does for every TLBI.
+//!    Then restore the IRQ mask. Steps 2–4 repeat page by page for a range that crosses pages; after
+//!    the last page one `DSB ISH` completes every store to the inner shareable domain before the
+//!    maintenance, which cleans by the exec VA, another VA of the same memory (with the broadcast
+//!    TLBI of Linux's fixmap, its `DSB ISH` does this).
 //! 5. **Make it visible, once.** One cache-maintenance pass over the whole written range, by exec VA,
 //!    as the [`MaintenancePlan`] decides (Arm ARM B2.4.4): `DC CVAU` per D-cache line, `DSB ISH`,
 //!    `IC IVAU` per I-cache line, `DSB ISH`, `ISB`. `DC CIVAC` on Cortex-A53; steps dropped when

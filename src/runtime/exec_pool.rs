@@ -147,6 +147,16 @@ pub fn init() {
     if let Err(e) = result {
         panic!("exec manager ({}): {e}", KernelRegime::current().name());
     }
+    // Every CPU onto its own view of the tables, where its poke slot and fill block are: this one
+    // here, the others (online and waiting in their mailbox loop) through `run_on`.
+    let online = crate::runtime::smp::online_mask();
+    for cpu in (0..crate::runtime::boot::MAX_CPUS).filter(|c| online & (1 << c) != 0) {
+        match crate::runtime::smp::run_on(cpu, enter_cpu_view, 0) {
+            Ok(0) => {}
+            Ok(_) => panic!("CPU {cpu} could not enter its view of the tables"),
+            Err(e) => panic!("CPU {cpu} did not switch to its view of the tables: {e:?}"),
+        }
+    }
     // ftrace and kprobes patch the kernel's own code: its text is identity-mapped.
     let text = memory::KernelImage::current().text;
     // SAFETY: the boot map maps the kernel text RO + X at its physical address, for good, and
@@ -155,6 +165,14 @@ pub fn init() {
     if let Err(e) = opened {
         panic!("kernel text {text} cannot be opened to patching: {e}");
     }
+}
+
+/// Switches the calling CPU to its view of the tables (0 on success), through `smp::run_on`.
+fn enter_cpu_view(_: u64) -> u64 {
+    // SAFETY: this CPU runs on the kernel root given to `init`, in the running regime; its view
+    // maps everything else as that root does.
+    let entered = with_manager!(m => unsafe { m.enter_cpu_view() });
+    u64::from(entered.is_err())
 }
 
 /// Maps the pack at `va` outside the slot allocator (the demo's JIT pack, tests).
@@ -192,6 +210,16 @@ pub fn maintenance_plan() -> &'static MaintenancePlan {
 /// inside one.
 pub fn audit_with(active_poke: Option<u64>) -> Vec<Violation> {
     with_manager!(m => m.audit_with(active_poke))
+}
+
+/// The root of CPU `cpu`'s view of the tables (its TTBR0_ELx once it entered it at boot).
+pub fn cpu_view_root(cpu: usize) -> Option<u64> {
+    with_manager!(m => m.cpu_view_root(cpu)).map(|root| root.pa)
+}
+
+/// The fixmap in every CPU's view now, read while other CPUs may be poking.
+pub fn fixmap_views() -> crate::manager::FixmapViews {
+    with_manager!(m => m.fixmap_views())
 }
 
 /// Audits the live tables with no poke in progress.

@@ -4,12 +4,13 @@
 //! EL1&0 at EL1, EL2 or EL2&0 at EL2).
 //!
 //! ```text
-//!  VA (identity for everything but the exec pool)
+//!  VA (identity for everything but the exec pool and the fixmap)
 //!  ┌──────────────────────┐
-//!  │ devices              │ Device-nGnRE, RW, XN
+//!  │ fixmap window        │ top GiB, one level-1 entry that each CPU's view has to itself:
+//!  │                      │ its 4 KiB text-poke slot (invalid unless that CPU is poking) and
+//!  │                      │ its pack-fill block (invalid unless it fills a fresh pack)
 //!  ├──────────────────────┤
-//!  │ fixmap window        │ per-CPU 4 KiB text-poke slots: invalid unless that CPU is poking;
-//!  │                      │ pack-fill block: invalid unless a fresh pack is being filled
+//!  │ devices              │ Device-nGnRE, RW, XN
 //!  ├──────────────────────┤
 //!  │ exec pool window     │ 2 MiB packs, each one L2 block, RO + executable (never writable)
 //!  ├──────────────────────┤   ▲ within one BL (±128 MiB) of kernel .text, both ways
@@ -136,7 +137,7 @@ pub enum LayoutError {
     Overlap(Region, Region),
     /// The pool has more packs than the allocator tracks.
     PoolTooLarge(Region),
-    /// The fixmap window has no room for one poke slot per CPU plus the fill block.
+    /// The fixmap window has no room for the poke slot's 2 MiB plus the fill block.
     FixmapTooSmall(Region),
     /// A region is not inside RAM.
     OutsideRam(Region),
@@ -166,7 +167,8 @@ impl fmt::Display for LayoutError {
     }
 }
 
-/// The poke slot of `cpu` in the fixmap window (the manager's layout of it).
+/// The poke slot of `cpu` in the fixmap window: the same VA for every CPU, each mapping it in its
+/// own view of the tables only.
 pub fn fixmap_poke_slot(cpu: usize) -> u64 {
     crate::runtime::exec_pool::with_manager!(m => m.poke_slot(cpu))
         .expect("exec_pool::init runs at boot, for every CPU of the board")
@@ -351,12 +353,23 @@ pub fn translate(va: u64) -> Option<Translation> {
     on_tables!(t => t.translate(va))
 }
 
-/// The root table the hardware walks (TTBR0_ELx of the kernel's level).
+/// The root table the hardware walks on this CPU (TTBR0_ELx of the kernel's level): the CPU's
+/// own view of the kernel tables, once the manager is set up.
 pub fn hardware_root() -> u64 {
     match KernelRegime::current() {
         KernelRegime::El1 => hw::ttbr0::<El1And0>(),
         KernelRegime::El2 => hw::ttbr0::<El2>(),
         KernelRegime::El2Vhe => hw::ttbr0::<El2And0>(),
+    }
+}
+
+/// What this CPU's hardware makes of a privileged write to `va` now (`AT S1E1W` or `AT S1E2W`):
+/// the physical address, or `None` if the write would fault. Walks this CPU's own view.
+pub fn hardware_translate_write(va: u64) -> Option<u64> {
+    match KernelRegime::current() {
+        KernelRegime::El1 => hw::translate_write::<El1And0>(va),
+        KernelRegime::El2 => hw::translate_write::<El2>(va),
+        KernelRegime::El2Vhe => hw::translate_write::<El2And0>(va),
     }
 }
 
@@ -403,7 +416,7 @@ pub struct LiveRun {
     pub name: &'static str,
 }
 
-/// The live kernel tables, read from TTBR0_EL1 and coalesced into runs.
+/// The live kernel tables as this CPU walks them (its view, from TTBR0_ELx), coalesced into runs.
 pub fn live_runs() -> Vec<LiveRun> {
     let wxn = wxn_enabled();
     let root = TableRoot {
@@ -510,7 +523,7 @@ pub fn print_layout() {
     }
     let fixmap = memory::plan().fixmap;
     crate::println!(
-        "  {:#012x}..{:#012x} {:>9}  fixmap: {} poke slots + pack-fill block, valid only during a poke or fill",
+        "  {:#012x}..{:#012x} {:>9}  fixmap: each CPU's poke slot + pack-fill block, in its own view of the tables ({} views), valid only during that CPU's poke or fill",
         fixmap.start,
         fixmap.end(),
         Size(fixmap.size),

@@ -163,8 +163,10 @@ const M2: u64 = 2 << 20;
 const K4: u64 = 4096;
 /// The exec pool window: 64 MiB just below RAM, within one BL of this kernel's text.
 const POOL: Region = Region::new("exec pool", 0x3c00_0000, 64 << 20);
-/// The fixmap window for the manager's poke slots and fill block.
-const FIXMAP: Region = Region::new("fixmap", 0x3b80_0000, 4 << 20);
+/// The fixmap window for the manager's poke slot and fill block: under a level-0 entry of its own
+/// (512 GiB up), which this kernel leaves invalid and the manager makes private to each CPU's
+/// view of the tables.
+const FIXMAP: Region = Region::new("fixmap", 0x80_0000_0000, 4 << 20);
 /// Physical frames for packs: 16 MiB that the identity map leaves out (no writable alias).
 const PACK_FRAMES: Range<u64> = 0x5000_0000..0x5100_0000;
 /// Memory for the few tables the manager adds (4 KiB each).
@@ -179,7 +181,7 @@ struct Table([u64; 512]);
 
 static mut L0: Table = Table([0; 512]);
 static mut L1: Table = Table([0; 512]);
-static mut L2_LOW: Table = Table([0; 512]); // 0 .. 1 GiB: devices, fixmap, pool
+static mut L2_LOW: Table = Table([0; 512]); // 0 .. 1 GiB: devices, pool
 static mut L2_RAM: Table = Table([0; 512]); // 1 .. 2 GiB: RAM
 static mut L3_IMAGE: Table = Table([0; 512]); // the 2 MiB holding this image
 
@@ -423,6 +425,16 @@ extern "C" fn hyp_main() -> ! {
         say!("hypervisor: execmem init: {e}");
         exit(false);
     }
+    // Each CPU (here one) onto its own view of the tables, where its poke slot is.
+    // SAFETY: this CPU runs on `root`, which the view copies but for the fixmap's entry.
+    if let Err(e) = unsafe { EXEC.enter_cpu_view() } {
+        say!("hypervisor: entering this CPU's view: {e}");
+        exit(false);
+    }
+    say!(
+        "hypervisor: this CPU walks its own view of the tables ({:#x}), the fixmap's L0 entry its own",
+        EXEC.cpu_view_root(0).map_or(0, |r| r.pa)
+    );
     say!("hypervisor: exec pool {POOL}, fixmap {FIXMAP}, pack frames {PACK_FRAMES:#x?}");
 
     // JIT: a constant, a tail call into this kernel's text (one B from the pool), a traced
