@@ -201,6 +201,10 @@ impl<B: PackBackend> SlotAllocator for BpfProgPack<B> {
         BpfProgPack::free(self, addr, size)
     }
 
+    fn pool_packs(&self) -> usize {
+        self.n_packs
+    }
+
     fn stats(&self) -> BenchStats {
         let packs = self.positions.count_ones() as usize;
         BenchStats {

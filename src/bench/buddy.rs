@@ -143,6 +143,10 @@ impl<B: PackBackend> SlotAllocator for BuddySlots<B> {
         Ok(())
     }
 
+    fn pool_packs(&self) -> usize {
+        self.n_packs
+    }
+
     fn stats(&self) -> BenchStats {
         BenchStats {
             packs_mapped: self.packs_mapped,

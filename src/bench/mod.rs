@@ -1,12 +1,14 @@
 //! Benchmark baselines for the exec slot allocator, and the workloads that compare them.
 //!
-//! Three allocators behind one small interface, [`SlotAllocator`], driven by the same workloads
+//! Four allocators behind one small interface, [`SlotAllocator`], driven by the same workloads
 //! ([`workload`]) over the same [`PackBackend`]:
 //!
 //! - the core allocator, [`crate::pack::PackAllocator`];
 //! - [`bpf_prog_pack::BpfProgPack`], a re-implementation of Linux's `bpf_prog_pack` (first fit over
 //!   a list of packs with `bitmap_find_next_zero_area`), the design the core replaces;
-//! - [`buddy::BuddySlots`], the `buddy_system_allocator` crate used directly as the slot allocator.
+//! - [`buddy::BuddySlots`], the `buddy_system_allocator` crate used directly as the slot allocator;
+//! - `tlsf::TlsfSlots`, the `rlsf` crate (TLSF, headers in band) over a writable shadow arena (built
+//!   with the runtime, which hosts the benchmark, and for the host tests).
 //!
 //! Everything here is portable: the host tests check behaviour and space (live/reserved bytes);
 //! the kernel runs the same workloads under QEMU to count instructions, with [`NullBackend`] (or
@@ -15,6 +17,8 @@
 
 pub mod bpf_prog_pack;
 pub mod buddy;
+#[cfg(any(test, all(target_os = "none", feature = "runtime")))]
+pub mod tlsf;
 pub mod workload;
 
 use crate::pack::{AllocError, BackendError, PACK_SIZE, PackAllocator, PackBackend};
@@ -49,6 +53,14 @@ pub trait SlotAllocator {
     fn free(&mut self, addr: u64, size: usize) -> Result<(), AllocError>;
     /// Space figures now.
     fn stats(&self) -> BenchStats;
+    /// Packs mapped now: what [`SlotAllocator::stats`] says, for a workload that samples it after
+    /// every step (overridden where `stats` does more work than this needs).
+    fn packs_mapped(&self) -> usize {
+        self.stats().packs_mapped
+    }
+    /// Packs the allocator can use: its pool window, or for a baseline over a shadow arena the
+    /// arena's packs (a workload that needs more has no figure for it).
+    fn pool_packs(&self) -> usize;
 }
 
 impl<B: PackBackend> SlotAllocator for PackAllocator<B> {
@@ -64,6 +76,15 @@ impl<B: PackBackend> SlotAllocator for PackAllocator<B> {
     #[inline]
     fn free(&mut self, addr: u64, size: usize) -> Result<(), AllocError> {
         self.free_raw(addr, size)
+    }
+
+    #[inline]
+    fn packs_mapped(&self) -> usize {
+        PackAllocator::packs_mapped(self)
+    }
+
+    fn pool_packs(&self) -> usize {
+        self.pool_size() / PACK_SIZE
     }
 
     fn stats(&self) -> BenchStats {
@@ -117,6 +138,10 @@ impl SlotAllocator for NullSlots {
     fn free(&mut self, _addr: u64, size: usize) -> Result<(), AllocError> {
         self.bytes_live -= size as u64;
         Ok(())
+    }
+
+    fn pool_packs(&self) -> usize {
+        crate::pack::MAX_PACKS
     }
 
     fn stats(&self) -> BenchStats {

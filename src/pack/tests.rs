@@ -448,10 +448,16 @@ fn best_fit_over_the_pool_then_the_lowest_pack() {
     // Pack 1: one slot and a 48 KiB run at the end.
     let p1 = alloc.alloc(PACK_SIZE - (48 << 10)).expect("room");
     assert_eq!(pack_of(p1.addr()), 1);
-    // 40 KiB: the 48 KiB run of pack 1 is the best fit.
+    // 40 KiB: the 48 KiB run of pack 1 is the best fit, but pack 1 is the highest slot pack
+    // (draining): over 4 KiB the lowest pack with room, pack 0, takes it.
     let best = alloc.alloc(40 << 10).expect("room");
-    assert_eq!(pack_of(best.addr()), 1);
-    // 9000 bytes: the 32 KiB run of pack 0 is now the best fit (pack 1 has 8 KiB left).
+    assert_eq!(pack_of(best.addr()), 0);
+    assert!(best.addr() < BASE + (512 << 10), "in pack 0's 512 KiB run");
+    // 4 KiB and under keep the pool-wide best fit: pack 0's 32 KiB run, the smallest.
+    let small = alloc.alloc(2048).expect("room");
+    assert_eq!(pack_of(small.addr()), 0);
+    alloc.free(small).expect("live");
+    // 9000 bytes: the 32 KiB run of pack 0 is the best fit.
     let next = alloc.alloc(9000).expect("room");
     assert_eq!(pack_of(next.addr()), 0);
     assert!(next.addr() >= BASE + PACK - (32 << 10));

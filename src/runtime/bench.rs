@@ -2,12 +2,18 @@
 //! (INST_RETIRED) under QEMU `-icount shift=0`, where the count is exact, so every figure is the
 //! same on every run. Each figure is the median over several rounds.
 //!
-//! Workloads (issue #6), all three allocators over the same requests and the same backend:
+//! Workloads (issue #6, and (i)/(j) from issue 13), all four allocators over the same requests and
+//! the same backend (execmem, Linux's bpf_prog_pack, buddy_system_allocator, and rlsf over a
+//! shadow arena from the heap: see `rlsf_allocator`):
 //! - (a) alloc+free pairs of 64 B, 512 B and 4 KiB, with 1, 8 and 64 packs filled with BPF-sized
 //!   programs to 10, 50 and 90% occupancy; each pair allocates one slot and frees a random live one,
 //!   so frees land all over the pool as in steady state;
 //! - (b) churn: 100,000 frees, each followed by BPF-sized allocations back to a fixed live size;
 //!   live/reserved density and packs used against the ideal ceil(live / 2 MiB);
+//! - (i) module-like churn: kernel-module sizes (heavy tail, median 4 KiB, past 2 MiB at the top)
+//!   loaded and unloaded, sometimes in bursts, at a fixed live size; (j) the mixed churn: modules,
+//!   BPF programs and trampolines at once ([`workload::StreamChurn`]); packs mapped on average
+//!   over the steps and at most, against the ideal, final density, instructions per operation;
 //! - (c) `text_copy` of 4 B, 256 B, 4 KiB and 64 KiB on the real backend, against the floor: a plain
 //!   copy into RW memory plus the cache maintenance that range needs;
 //! - (d) `patch_insn` (NOP <-> B), against one store plus the maintenance of one instruction;
@@ -27,9 +33,10 @@ use core::fmt::Write;
 use crate::arch::aarch64::{cache, pmu};
 use crate::bench::bpf_prog_pack::BpfProgPack;
 use crate::bench::buddy::BuddySlots;
-use crate::bench::workload::{self, LiveSet, Pairs, Rng};
+use crate::bench::tlsf::TlsfSlots;
+use crate::bench::workload::{self, ChurnReport, LiveSet, Pairs, Rng, Stream, StreamChurn};
 use crate::bench::{NullBackend, NullSlots, SlotAllocator};
-use crate::pack::{PACK_SIZE, PackAllocator};
+use crate::pack::{AllocError, PACK_SIZE, PackAllocator};
 use crate::poke::insn;
 use crate::println;
 use crate::runtime::{exec_pool, poke, slot};
@@ -51,6 +58,9 @@ struct Config {
     sizes: &'static [usize],
     churn_ops: usize,
     churn_live: &'static [u64],
+    module_live: &'static [u64],
+    mixed_live: &'static [u64],
+    stream_steps: u64,
     copy_sizes: &'static [usize],
     copy_reps: usize,
     smp_pairs: usize,
@@ -67,6 +77,9 @@ impl Config {
                 sizes: &[64, 512, 4096],
                 churn_ops: 100_000,
                 churn_live: &[32 << 20, 100 << 20],
+                module_live: &[4 << 20, 16 << 20],
+                mixed_live: &[16 << 20, 32 << 20],
+                stream_steps: 20_000,
                 copy_sizes: &[4, 256, 4096, 65536],
                 copy_reps: 20,
                 smp_pairs: 2000,
@@ -79,6 +92,9 @@ impl Config {
                 sizes: &[64, 4096],
                 churn_ops: 200,
                 churn_live: &[2 << 20],
+                module_live: &[4 << 20],
+                mixed_live: &[4 << 20],
+                stream_steps: 100,
                 copy_sizes: &[4, 4096],
                 copy_reps: 2,
                 smp_pairs: 50,
@@ -125,6 +141,15 @@ fn buddy_allocator() -> BuddySlots<NullBackend> {
     BuddySlots::new(NullBackend, SIM_BASE, SIM_PACKS)
 }
 
+/// rlsf over a shadow arena from the heap: of the pool's 64 packs if the heap can give them, else
+/// the largest power-of-two number of packs it can. The kernel heap is 32 MiB (the memory plan's
+/// `Needs::STANDARD`), so the 128 MiB of the pool window never fit: the arena is at most 16 MiB
+/// (a buddy heap hands out power-of-two blocks, and 32 MiB is the whole heap), and rlsf's rows of
+/// workloads that need more say so. `None` if not even one pack fits.
+fn rlsf_allocator() -> Option<TlsfSlots<NullBackend>> {
+    TlsfSlots::new_fitting(NullBackend, SIM_BASE, SIM_PACKS).ok()
+}
+
 /// Runs `$body` with `$a` bound to a fresh instance of each allocator in turn (statically
 /// dispatched, so no allocator pays for a virtual call), `$which` its column.
 macro_rules! for_each_allocator {
@@ -142,6 +167,10 @@ macro_rules! for_each_allocator {
         {
             let $which = 2usize;
             let mut $a = buddy_allocator();
+            $body
+        }
+        if let Some(mut $a) = rlsf_allocator() {
+            let $which = 3usize;
             $body
         }
     }};
@@ -177,16 +206,27 @@ fn workload_pairs(config: &Config, out: &mut Vec<Figure>) {
         config.rounds, config.pairs
     );
     println!(
-        "    {:>6} {:>5} {:>4} | {:>9} | {:>14} {:>7} | {:>9} {:>7}",
-        "size", "packs", "occ", "execmem", "bpf_prog_pack", "ratio", "buddy", "ratio"
+        "    {:>6} {:>5} {:>4} | {:>9} | {:>14} {:>7} | {:>9} {:>7} | {:>9} {:>7}",
+        "size",
+        "packs",
+        "occ",
+        "execmem",
+        "bpf_prog_pack",
+        "ratio",
+        "buddy",
+        "ratio",
+        "rlsf",
+        "ratio"
     );
     for &packs in config.pack_counts {
         for &occupancy in config.occupancies {
-            let mut row: Vec<(usize, [u64; 3])> =
-                config.sizes.iter().map(|&s| (s, [0; 3])).collect();
+            let mut row: Vec<(usize, [u64; 4])> =
+                config.sizes.iter().map(|&s| (s, [0; 4])).collect();
             for_each_allocator!(|which, a| {
                 let mut rng = Rng::new(packs as u64 * 1000 + occupancy);
-                if let Ok(mut live) = workload::fill(&mut a, &mut rng, packs, occupancy)
+                // rlsf's arena may hold fewer packs than the row asks for: no figure then.
+                if a.pool_packs() >= packs
+                    && let Ok(mut live) = workload::fill(&mut a, &mut rng, packs, occupancy)
                     && !live.slots.is_empty()
                 {
                     for (size, values) in row.iter_mut() {
@@ -208,9 +248,14 @@ fn workload_pairs(config: &Config, out: &mut Vec<Figure>) {
                     let _ = live.free_all(&mut a);
                 }
             });
-            for (size, [ours, linux, buddy]) in row {
+            for (size, [ours, linux, buddy, tlsf]) in row {
+                let tlsf_cells = if tlsf == 0 {
+                    alloc::format!("{:>9} {:>7}", "-", "")
+                } else {
+                    alloc::format!("{:>9} {:>6.1}x", tlsf, ratio(tlsf, ours))
+                };
                 println!(
-                    "    {:>6} {:>5} {:>3}% | {:>9} | {:>14} {:>6.1}x | {:>9} {:>6.1}x",
+                    "    {:>6} {:>5} {:>3}% | {:>9} | {:>14} {:>6.1}x | {:>9} {:>6.1}x | {tlsf_cells}",
                     size,
                     packs,
                     occupancy,
@@ -234,6 +279,7 @@ fn workload_churn(config: &Config, out: &mut Vec<Figure>) {
         "(b) churn: {} frees, each refilled with BPF-sized programs to a fixed live size",
         config.churn_ops
     );
+    print_arena();
     println!(
         "    {:>8} | {:>22} | {:>9} {:>8} {:>6} {:>6} | {:>10}",
         "live", "allocator", "density", "reserved", "packs", "ideal", "insns/op"
@@ -285,7 +331,146 @@ fn workload_churn(config: &Config, out: &mut Vec<Figure>) {
                         });
                     }
                 }
-                Err(e) => println!("    {:>6} M | {:>22} | failed: {e}", live_bytes >> 20, name),
+                Err(e) => println!(
+                    "    {:>6} M | {:>22} | failed: {e} (pool of {} MiB)",
+                    live_bytes >> 20,
+                    name,
+                    (a.pool_packs() * PACK_SIZE) >> 20
+                ),
+            }
+        });
+    }
+}
+
+/// Says how large rlsf's shadow arena is here, against the pool window of the others.
+fn print_arena() {
+    match rlsf_allocator() {
+        Some(a) => println!(
+            "    (rlsf's shadow arena: {} MiB of the kernel heap, against the {} MiB pool window of the others)",
+            (a.pool_packs() * PACK_SIZE) >> 20,
+            (SIM_PACKS * PACK_SIZE) >> 20
+        ),
+        None => println!("    (rlsf: the heap cannot hold a shadow arena of one pack)"),
+    }
+}
+
+/// One stream churn, (i) or (j): its heading, its streams, and the names of its figures in the
+/// JSON (average packs, most packs, average ideal packs, final density, instructions per call).
+struct StreamWorkload {
+    tag: &'static str,
+    title: &'static str,
+    figures: [&'static str; 5],
+    streams: fn(u64) -> Vec<Stream>,
+}
+
+const MODULE_CHURN: StreamWorkload = StreamWorkload {
+    tag: "(i)",
+    title: "module-like churn: kernel-module sizes loaded and unloaded (one unload in eight a burst of 2-4) at a fixed live size",
+    figures: [
+        "module_churn_packs_avg",
+        "module_churn_packs_max",
+        "module_churn_ideal_avg",
+        "module_churn_density",
+        "module_churn_op",
+    ],
+    streams: |live| workload::module_streams(live).to_vec(),
+};
+
+const MIXED_CHURN: StreamWorkload = StreamWorkload {
+    tag: "(j)",
+    title: "mixed churn: modules (1/2 of the live bytes), BPF programs (7/16), trampolines and probe slots (1/16) at once",
+    figures: [
+        "mixed_churn_packs_avg",
+        "mixed_churn_packs_max",
+        "mixed_churn_ideal_avg",
+        "mixed_churn_density",
+        "mixed_churn_op",
+    ],
+    streams: |live| workload::mixed_streams(live).to_vec(),
+};
+
+/// Fills `streams` from `seed` and runs `steps` steps on `a`, counting instructions over the
+/// steps only; frees everything after.
+fn measure_streams<A: SlotAllocator>(
+    a: &mut A,
+    streams: &[Stream],
+    seed: u64,
+    steps: u64,
+) -> Result<(ChurnReport, u64), AllocError> {
+    let mut rng = Rng::new(seed);
+    let mut churn = StreamChurn::new(streams);
+    let result = churn.fill(a, &mut rng).and_then(|()| {
+        let start = pmu::instructions();
+        let report = churn.run(a, &mut rng, steps)?;
+        Ok((report, u64::from(pmu::instructions().wrapping_sub(start))))
+    });
+    churn.free_all(a)?;
+    result
+}
+
+/// A stream churn, (i) or (j): for each live size every allocator runs the same steps from the
+/// same seed (the live size, as in the host test `bench::tests::stream_churn_targets`); packs are
+/// sampled after every step; instructions per allocator call are counted over the steps, less the
+/// same steps over [`NullSlots`] (the loop, the draws and the sampling).
+fn workload_streams(config: &Config, out: &mut Vec<Figure>, w: &StreamWorkload, lives: &[u64]) {
+    println!(
+        "{} {}: {} steps after the fill",
+        w.tag, w.title, config.stream_steps
+    );
+    println!(
+        "    {:>8} | {:>22} | {:>9} {:>5} {:>9} | {:>8} | {:>10}",
+        "live", "allocator", "packs avg", "max", "ideal avg", "density", "insns/op"
+    );
+    for &live_bytes in lives {
+        let streams = (w.streams)(live_bytes);
+        let steps = config.stream_steps;
+        let overhead = measure_streams(&mut NullSlots::default(), &streams, live_bytes, steps)
+            .map_or(0, |(_, insns)| insns);
+        for_each_allocator!(|_which, a| {
+            let name = a.name();
+            match measure_streams(&mut a, &streams, live_bytes, steps) {
+                Ok((report, insns)) => {
+                    let per_op = insns.saturating_sub(overhead) / report.ops.max(1);
+                    let (avg, ideal) = (report.average_packs_x100(), report.average_ideal_x100());
+                    let density = report.last.density_permille();
+                    println!(
+                        "    {:>6} M | {:>22} | {:>6}.{:02} {:>5} {:>6}.{:02} | {:>6}.{}% | {:>10}",
+                        live_bytes >> 20,
+                        name,
+                        avg / 100,
+                        avg % 100,
+                        report.packs_max,
+                        ideal / 100,
+                        ideal % 100,
+                        density / 10,
+                        density % 10,
+                        per_op
+                    );
+                    let params = alloc::format!("\"live_bytes\": {live_bytes}, \"steps\": {steps}");
+                    let values = [avg, report.packs_max as u64, ideal, density, per_op];
+                    let units = [
+                        "packs_x100",
+                        "packs",
+                        "packs_x100",
+                        "permille",
+                        "instructions",
+                    ];
+                    for ((workload, value), unit) in w.figures.into_iter().zip(values).zip(units) {
+                        out.push(Figure {
+                            workload,
+                            allocator: name,
+                            params: params.clone(),
+                            value,
+                            unit,
+                        });
+                    }
+                }
+                Err(e) => println!(
+                    "    {:>6} M | {:>22} | failed: {e} (pool of {} MiB)",
+                    live_bytes >> 20,
+                    name,
+                    (a.pool_packs() * PACK_SIZE) >> 20
+                ),
             }
         });
     }
@@ -880,6 +1065,8 @@ pub fn run(scale: Scale) {
     let mut figures = Vec::new();
     workload_pairs(&config, &mut figures);
     workload_churn(&config, &mut figures);
+    workload_streams(&config, &mut figures, &MODULE_CHURN, config.module_live);
+    workload_streams(&config, &mut figures, &MIXED_CHURN, config.mixed_live);
     workload_text(&config, &mut figures);
     workload_publish(&config, &mut figures);
     workload_smp(&config, &mut figures);
