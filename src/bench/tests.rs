@@ -555,8 +555,8 @@ fn tlsf_arena_fits_the_heap() {
 
 /// The placement targets of issue 13 with the churns `make bench` runs ((i) and (j): the same
 /// seeds and steps): execmem holds no more packs than first fit (Linux's bpf_prog_pack) on
-/// average over the churn, except modules at 16 MiB live: a known miss, printed, not asserted. Prints every allocator's figures (rlsf with its whole 128 MiB arena,
-/// which the kernel heap cannot give it).
+/// average over the churn, except modules at 16 MiB live: a known miss, printed, not asserted.
+/// Prints every allocator's figures (rlsf with its whole 128 MiB arena, as in `make bench`).
 #[test]
 fn stream_churn_targets() {
     fn figures<A: SlotAllocator>(

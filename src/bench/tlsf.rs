@@ -74,18 +74,21 @@ impl<B: PackBackend> TlsfSlots<B> {
     /// arena and its size table.
     pub fn new(backend: B, base: u64, n_packs: usize) -> Result<Self, AllocError> {
         let n_packs = n_packs.clamp(1, MAX_PACKS);
-        let len = n_packs * PACK_SIZE;
-        let mut sizes = Vec::new();
-        sizes
-            .try_reserve_exact(len / CHUNK_SIZE)
-            .map_err(|_| AllocError::MetadataExhausted)?;
-        sizes.resize(len / CHUNK_SIZE, 0);
         // 2 MiB-aligned, so each 2 MiB piece of the arena is one pack of the window and 64-byte
-        // alignment carries over.
+        // alignment carries over. The arena before its table: a buddy heap holds an arena of half
+        // its size only in its one naturally aligned block of that size, and the table (arena / 16)
+        // must not be carved out of that block first.
         let layout = Self::arena_layout(n_packs);
         // SAFETY: the layout's size is not zero (at least one pack).
         let arena = NonNull::new(unsafe { alloc::alloc::alloc(layout) })
             .ok_or(AllocError::MetadataExhausted)?;
+        let mut sizes = Vec::new();
+        if sizes.try_reserve_exact(layout.size() / CHUNK_SIZE).is_err() {
+            // SAFETY: just allocated with this layout, never used.
+            unsafe { alloc::alloc::dealloc(arena.as_ptr(), layout) };
+            return Err(AllocError::MetadataExhausted);
+        }
+        sizes.resize(layout.size() / CHUNK_SIZE, 0);
         let mut tlsf = Control::new();
         // SAFETY: the arena is ours alone (just allocated), writable, and lives until `drop`,
         // after which `tlsf` is never used again: it outlives every use of the control block.
@@ -108,33 +111,20 @@ impl<B: PackBackend> TlsfSlots<B> {
 
     /// [`TlsfSlots::new`] with the largest arena the heap can give: `n_packs` packs, else half as
     /// many, and so on down to one. For a kernel whose heap is smaller than the pool window.
-    pub fn new_fitting(backend: B, base: u64, n_packs: usize) -> Result<Self, AllocError> {
+    ///
+    /// Each size is tried for real. A probe that allocates and frees without using the memory
+    /// proves nothing: the compiler may remove such a pair and take the allocation as successful.
+    pub fn new_fitting(backend: B, base: u64, n_packs: usize) -> Result<Self, AllocError>
+    where
+        B: Clone,
+    {
         let mut packs = n_packs.clamp(1, MAX_PACKS);
-        while packs > 1 && !Self::fits(packs) {
-            packs /= 2;
+        loop {
+            match Self::new(backend.clone(), base, packs) {
+                Err(AllocError::MetadataExhausted) if packs > 1 => packs /= 2,
+                result => return result,
+            }
         }
-        Self::new(backend, base, packs)
-    }
-
-    /// Whether the heap can hold an arena of `n_packs` and its size table now (both allocated and
-    /// released again).
-    fn fits(n_packs: usize) -> bool {
-        let mut sizes: Vec<u32> = Vec::new();
-        if sizes
-            .try_reserve_exact(n_packs * PACK_SIZE / CHUNK_SIZE)
-            .is_err()
-        {
-            return false;
-        }
-        let layout = Self::arena_layout(n_packs);
-        // SAFETY: the layout's size is not zero.
-        let arena = unsafe { alloc::alloc::alloc(layout) };
-        if arena.is_null() {
-            return false;
-        }
-        // SAFETY: just allocated with this layout, never used.
-        unsafe { alloc::alloc::dealloc(arena, layout) };
-        true
     }
 
     fn arena_layout(n_packs: usize) -> Layout {

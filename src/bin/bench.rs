@@ -10,7 +10,8 @@ mod bench {
         execmem::runtime::bench::run(execmem::runtime::bench::Scale::Full);
     }
 
-    execmem::entry!(main);
+    // A heap that holds rlsf's shadow arena of the whole pool window, where the RAM is there.
+    execmem::entry!(main, heap = execmem::runtime::bench::HEAP);
 }
 
 /// On the host this binary only points at the real thing.

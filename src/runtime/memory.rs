@@ -221,20 +221,32 @@ pub fn read_machine(x0: u64) -> Result<Machine, BootError> {
 /// Reads the machine (see [`read_machine`]), places the kernel's regions in it and checks the exec
 /// layout, all before anything is written to a placed region. Runs once, on CPU 0, with the MMU off
 /// and before the heap exists.
-pub fn discover(x0: u64) -> Result<(Machine, MemoryPlan), BootError> {
+///
+/// `heap` is the heap the binary asks for (`entry!(main, heap = ...)`): placed if it is larger than
+/// the board's and the machine has the RAM for it, else the board's needs are placed, and their
+/// error is the one reported.
+pub fn discover(x0: u64, heap: Option<u64>) -> Result<(Machine, MemoryPlan), BootError> {
     let machine = read_machine(x0)?;
     let image = KernelImage::current();
-    let plan = plan::place(
-        &machine,
-        image.all(),
-        image.text,
-        &devices(&machine),
-        &board::NEEDS,
-    )
-    .map_err(|error| BootError::Placement {
-        source: machine.source,
-        error,
-    })?;
+    let place = |needs: &plan::Needs| {
+        plan::place(&machine, image.all(), image.text, &devices(&machine), needs)
+    };
+    let larger = heap
+        .filter(|&heap| heap > board::NEEDS.heap)
+        .and_then(|heap| {
+            place(&plan::Needs {
+                heap,
+                ..board::NEEDS
+            })
+            .ok()
+        });
+    let plan = match larger {
+        Some(plan) => plan,
+        None => place(&board::NEEDS).map_err(|error| BootError::Placement {
+            source: machine.source,
+            error,
+        })?,
+    };
     check_exec_layout(&image, &plan).map_err(BootError::Layout)?;
     Ok((machine, plan))
 }

@@ -77,6 +77,9 @@ pub fn boot_info() -> BootInfo {
 unsafe extern "Rust" {
     /// The binary's main function, defined by [`entry!`](crate::entry).
     fn __execmem_main();
+    /// The heap the binary asks for, if more than the board's (`entry!(main, heap = ...)`);
+    /// defined by [`entry!`](crate::entry).
+    static __EXECMEM_HEAP: Option<u64>;
 }
 
 /// Rust entry from boot.s on CPU 0: at EL1, stack set, .bss zeroed, FP/SIMD on, vectors installed.
@@ -87,7 +90,9 @@ extern "C" fn kernel_entry(dtb: u64, entry_el: u64) -> ! {
 
 fn start(x0: u64, entry_el: u8) -> ! {
     // Until mmu::init has turned the MMU on: no locks, no atomic read-modify-write (LOCKS_READY).
-    let discovered = memory::discover(x0);
+    // SAFETY: defined by the binary through `entry!`, with the type declared above; a constant.
+    let heap = unsafe { __EXECMEM_HEAP };
+    let discovered = memory::discover(x0, heap);
     let uart = discovered.as_ref().ok().and_then(|(m, _)| m.uart);
     console::init(uart.unwrap_or(board::UART));
     let (machine, plan) = discovered.unwrap_or_else(|e| boot_error(format_args!("{e}")));
@@ -169,13 +174,28 @@ pub fn exit(success: bool) -> ! {
 
 /// Names the kernel binary's main function: `execmem::entry!(main);` with `fn main()`. When it
 /// returns, the run ends with success.
+///
+/// `execmem::entry!(main, heap = BYTES);` also asks for a kernel heap of `BYTES` (a multiple of
+/// 2 MiB) instead of the board's (`Needs::heap`), where the machine has the RAM for it; where it
+/// has not, the kernel boots with the board's heap (see [`crate::runtime::memory::discover`]).
+/// The benchmark does, for the shadow arena of its rlsf baseline; the demo and the tests keep the
+/// board's.
 #[macro_export]
 macro_rules! entry {
     ($main:path) => {
+        $crate::entry!(@define $main, ::core::option::Option::None);
+    };
+    ($main:path, heap = $heap:expr) => {
+        $crate::entry!(@define $main, ::core::option::Option::Some($heap));
+    };
+    (@define $main:path, $heap:expr) => {
         #[unsafe(no_mangle)]
         fn __execmem_main() {
             let main: fn() = $main;
             main()
         }
+
+        #[unsafe(no_mangle)]
+        static __EXECMEM_HEAP: ::core::option::Option<u64> = $heap;
     };
 }
