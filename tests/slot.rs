@@ -1,7 +1,8 @@
 //! The slot allocator on the hardware backend, in every boot mode: 1,000 slots with the size mix of
 //! real BPF programs, each with its own JIT'd function, all called and checked; half freed at random
 //! and reallocated; freed slots trap; a large (> 2 MiB) slot; exhaustion; every bad input refused;
-//! and the audit clean throughout.
+//! freed small slots resting in the freeing CPU's magazine, BRK-filled, and reused there; and the
+//! audit clean throughout.
 
 #![no_std]
 #![no_main]
@@ -34,6 +35,7 @@ fn main() {
             exhaustion_is_an_error_and_the_kernel_continues,
             bad_writes_and_lookups_change_nothing,
             trim_releases_the_cached_pack,
+            freed_small_slots_rest_in_the_freeing_cpus_magazine,
             code_written_on_one_cpu_runs_on_every_cpu,
             audit_is_clean_at_the_end,
         ],
@@ -283,12 +285,26 @@ fn bad_writes_and_lookups_change_nothing() {
     assert_audit_clean();
 }
 
-/// The cached empty pack goes back with `trim`; the next allocation maps a pack again.
+/// A freed small slot rests in this CPU's magazine, its pack mapped; `trim` returns it to the
+/// pool, which caches the emptied pack, then releases that pack; the next allocation maps a pack
+/// again.
 fn trim_releases_the_cached_pack() {
+    // Nothing resting from the tests before, no pack cached.
+    slot::trim().expect("trim");
+    assert_eq!(slot::stats().packs_mapped, 0);
     let slot = slot::alloc(64).expect("alloc");
+    let addr = slot.addr();
     slot::free(slot).expect("free");
-    assert_eq!(slot::stats().cached_packs, 1);
+    let resting = slot::magazine_stats();
+    assert_eq!((resting.resting_slots, resting.resting_bytes), (1, 64));
+    assert_eq!((resting.pool.live_slots, resting.pool.bytes_live), (0, 0));
+    assert_eq!(
+        resting.pool.packs_mapped, 1,
+        "the resting slot keeps its pack"
+    );
+    assert_eq!(slot::slot_at(addr), None, "a resting slot is free");
     assert_eq!(slot::trim(), Ok(true));
+    assert_eq!(slot::magazine_stats().resting_slots, 0);
     assert_eq!(slot::stats().packs_mapped, 0);
     assert!(exec_pool::live_packs().is_empty());
     assert_eq!(slot::trim(), Ok(false));
@@ -302,6 +318,80 @@ fn trim_releases_the_cached_pack() {
 /// Code written by one CPU runs on every other (each executes an ISB before it calls, as the
 /// mailbox does): slots JIT'd on CPU 0 called everywhere, and a slot JIT'd on another CPU called
 /// on CPU 0 and the rest. The plan the pokes use was merged over every CPU.
+/// Every instruction of `len` bytes at `addr` is BRK (exec memory is readable).
+fn all_brk(addr: u64, len: usize) -> bool {
+    (0..len / 4).all(|i| {
+        // SAFETY: inside a slot of a mapped pack (RO + X, readable), 4-byte aligned.
+        let word = unsafe { core::ptr::read_volatile((addr as *const u32).add(i)) };
+        word == insn::brk(0)
+    })
+}
+
+/// A freed small slot is BRK-filled and rests in the magazine of the CPU that freed it (free to
+/// its users, reserved in the figures), and that CPU's next allocation of its class gets it back;
+/// another CPU's does not. Draining returns every resting slot to the pool.
+fn freed_small_slots_rest_in_the_freeing_cpus_magazine() {
+    slot::trim().expect("trim");
+    let slot = slot::alloc(256).expect("alloc");
+    install(&slot, 31);
+    let addr = slot.addr();
+    assert_eq!(call(addr), 31);
+    slot::free(slot).expect("free");
+    let stats = slot::magazine_stats();
+    assert_eq!((stats.resting_slots, stats.resting_bytes), (1, 256));
+    assert_eq!(stats.pool.bytes_live, 0);
+    assert_eq!(
+        stats.pool.chunk_bytes_live + stats.resting_bytes,
+        stats.shared.chunk_bytes_live,
+        "resting slots are the shared allocator's live ones"
+    );
+    assert!(all_brk(addr, 256), "BRK-filled before it rests");
+    assert_eq!(slot::slot_at(addr), None);
+    assert!(matches!(
+        slot::free_raw(addr as *const u8, 256),
+        Err(AllocError::DoubleFree { .. })
+    ));
+    // 200 bytes is the same class (four chunks): the resting slot, BRK-filled.
+    let again = slot::alloc(200).expect("alloc");
+    assert_eq!(again.addr(), addr, "reused from this CPU's magazine");
+    assert!(all_brk(addr, 256));
+    assert_eq!(slot::magazine_stats().resting_slots, 0);
+    assert_eq!(slot::stats().bytes_live, 200);
+    install(&again, 32);
+    assert_eq!(call(addr), 32);
+
+    let online = runtime::smp::online_mask();
+    let last = 63 - online.leading_zeros() as usize;
+    if last > 0 {
+        // Freed on the last CPU: it rests there, so CPU 0 gets another slot and the last CPU
+        // this one.
+        fn free_200(addr: u64) -> u64 {
+            slot::free_raw(addr as *const u8, 200).map_or(1, |()| 0)
+        }
+        fn free_256(addr: u64) -> u64 {
+            slot::free_raw(addr as *const u8, 256).map_or(1, |()| 0)
+        }
+        fn alloc_here(size: u64) -> u64 {
+            slot::alloc_raw(size as usize).map_or(0, |ptr| ptr as u64)
+        }
+        let (ptr, _) = again.into_raw();
+        assert_eq!(runtime::smp::run_on(last, free_200, ptr as u64), Ok(0));
+        let here = slot::alloc(256).expect("alloc");
+        assert_ne!(here.addr(), addr, "resting in another CPU's magazine");
+        assert_eq!(runtime::smp::run_on(last, alloc_here, 256), Ok(addr));
+        slot::free(here).expect("free");
+        assert_eq!(runtime::smp::run_on(last, free_256, addr), Ok(0));
+    } else {
+        slot::free(again).expect("free");
+    }
+    let resting = slot::magazine_stats().resting_slots;
+    assert!(resting >= 1);
+    assert_eq!(slot::drain_magazines(), Ok(resting as usize));
+    let stats = slot::magazine_stats();
+    assert_eq!((stats.resting_slots, stats.shared.live_slots), (0, 0));
+    assert_audit_clean();
+}
+
 fn code_written_on_one_cpu_runs_on_every_cpu() {
     let online = runtime::smp::online_mask();
     let cpus: Vec<usize> = (0..64).filter(|c| online & (1 << c) != 0).collect();

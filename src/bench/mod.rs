@@ -21,6 +21,7 @@ pub mod buddy;
 pub mod tlsf;
 pub mod workload;
 
+use crate::pack::magazine::{CpuMagazines, MagazineLock, Magazines, SlotFill};
 use crate::pack::{AllocError, BackendError, PACK_SIZE, PackAllocator, PackBackend};
 
 /// Space figures common to the allocators.
@@ -94,6 +95,58 @@ impl<B: PackBackend> SlotAllocator for PackAllocator<B> {
             bytes_reserved: stats.bytes_reserved,
             bytes_live: stats.bytes_live,
         }
+    }
+}
+
+/// The magazine layer ([`crate::pack::magazine`]) as a slot allocator, every call from CPU 0: what
+/// the manager runs (its per-CPU magazines in front of the shared allocator), with the caller's
+/// locks and BRK fill. Slots resting in magazines count as reserved, not live.
+impl<B, S, L, F> SlotAllocator for Magazines<B, S, L, F>
+where
+    B: PackBackend,
+    S: MagazineLock<PackAllocator<B>>,
+    L: MagazineLock<CpuMagazines>,
+    F: SlotFill,
+{
+    fn name(&self) -> &'static str {
+        "execmem magazines"
+    }
+
+    #[inline]
+    fn alloc(&mut self, size: usize) -> Result<u64, AllocError> {
+        self.alloc_raw(0, size)
+    }
+
+    #[inline]
+    fn free(&mut self, addr: u64, size: usize) -> Result<(), AllocError> {
+        self.free_raw(0, addr, size)
+    }
+
+    fn packs_mapped(&self) -> usize {
+        self.shared().packs_mapped()
+    }
+
+    fn pool_packs(&self) -> usize {
+        self.shared().pool_size() / PACK_SIZE
+    }
+
+    fn stats(&self) -> BenchStats {
+        let stats = Magazines::stats(self).pool;
+        BenchStats {
+            packs_mapped: stats.packs_mapped,
+            bytes_reserved: stats.bytes_reserved,
+            bytes_live: stats.bytes_live,
+        }
+    }
+}
+
+/// A BRK fill that does nothing and never fails, for the magazine layer over [`NullBackend`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NullFill;
+
+impl SlotFill for NullFill {
+    fn fill_brk(&self, _va: u64, _len: usize) -> Result<(), BackendError> {
+        Ok(())
     }
 }
 

@@ -628,3 +628,56 @@ fn stream_churn_targets() {
         );
     }
 }
+
+type TestMagazines = crate::pack::magazine::Magazines<
+    SimBackend,
+    spin::Mutex<PackAllocator<SimBackend>>,
+    spin::Mutex<crate::pack::magazine::CpuMagazines>,
+    NullFill,
+>;
+
+fn magazines(n_packs: usize) -> TestMagazines {
+    let pool = PackAllocator::new(SimBackend::new(), BASE, n_packs).expect("valid pool");
+    crate::pack::magazine::Magazines::new(pool, NullFill, 1).expect("one CPU")
+}
+
+/// The pairs workload over the magazine layer runs to the end (a refused call would end it early
+/// and make its count look cheap), at every size of the benchmark, over a filled pool.
+#[test]
+fn pairs_over_the_magazines_run_to_the_end() {
+    for size in [64, 512, 4096] {
+        let mut a = magazines(8);
+        let mut rng = Rng::new(8050);
+        let mut live = workload::fill(&mut a, &mut rng, 8, 50).expect("fill");
+        let pairs = Pairs {
+            sizes: std::vec![size; 1000],
+            victims: (0..1000)
+                .map(|_| rng.below(live.slots.len() as u64) as usize)
+                .collect(),
+        };
+        pairs.run(&mut a, &mut live).expect("every pair");
+        live.free_all(&mut a).expect("every free");
+        a.check_invariants();
+    }
+}
+
+/// The BPF churn over the magazine layer calls the shared allocator less often than the users call
+/// the layer: refills and flushes in batches never add work, even with sizes spread over every
+/// class (each refill's extra slots are flushed unused at worst, which the budget bounds).
+#[test]
+fn the_magazines_add_no_shared_calls_to_the_bpf_churn() {
+    let mut a = magazines(32);
+    let mut rng = Rng::new(7);
+    let mut live = workload::fill_bytes(&mut a, &mut rng, 16 << 20).expect("fill");
+    let before = crate::pack::magazine::Magazines::stats(&a);
+    workload::churn(&mut a, &mut rng, &mut live, 16 << 20, 10_000).expect("churn");
+    let after = crate::pack::magazine::Magazines::stats(&a);
+    let users =
+        (after.pool.allocations - before.pool.allocations) + (after.pool.frees - before.pool.frees);
+    let shared = (after.shared.allocations - before.shared.allocations)
+        + (after.shared.frees - before.shared.frees);
+    eprintln!("churn: {users} calls to the layer, {shared} to the shared allocator");
+    assert!(shared <= users, "{shared} shared calls for {users}");
+    live.free_all(&mut a).expect("every free");
+    a.check_invariants();
+}

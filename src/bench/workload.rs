@@ -171,9 +171,11 @@ pub fn fill_bytes<A: SlotAllocator>(
     bytes: u64,
 ) -> Result<LiveSet, AllocError> {
     let mut live = LiveSet::default();
-    while a.stats().bytes_live < bytes {
+    let mut live_bytes = 0;
+    while live_bytes < bytes {
         let size = bpf_size(rng);
         live.slots.push((a.alloc(size)?, size));
+        live_bytes += size as u64;
     }
     Ok(live)
 }
@@ -225,14 +227,20 @@ pub fn churn<A: SlotAllocator>(
     live_bytes: u64,
     ops: usize,
 ) -> Result<(), AllocError> {
+    // The live bytes are counted here, not asked of the allocator: the decisions are the same for
+    // every allocator, and the count covers the allocator's calls only, not its statistics.
+    let mut bytes: u64 = live.slots.iter().map(|&(_, size)| size as u64).sum();
     for _ in 0..ops {
         if !live.slots.is_empty() {
             let victim = rng.below(live.slots.len() as u64) as usize;
+            let size = live.slots[victim].1;
             live.free_at(a, victim)?;
+            bytes -= size as u64;
         }
-        while a.stats().bytes_live < live_bytes {
+        while bytes < live_bytes {
             let size = bpf_size(rng);
             live.slots.push((a.alloc(size)?, size));
+            bytes += size as u64;
         }
     }
     Ok(())

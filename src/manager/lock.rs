@@ -12,7 +12,7 @@ use core::ops::{Deref, DerefMut};
 use super::Platform;
 
 /// `spin`'s relax strategy: the platform's [`Platform::relax`].
-pub(super) struct Relax<P>(PhantomData<P>);
+pub(crate) struct Relax<P>(PhantomData<P>);
 
 impl<P: Platform> spin::RelaxStrategy for Relax<P> {
     #[inline]
@@ -22,25 +22,25 @@ impl<P: Platform> spin::RelaxStrategy for Relax<P> {
 }
 
 /// A mutex taken with interrupts masked.
-pub(super) struct IrqMutex<P: Platform, T> {
+pub(crate) struct IrqMutex<P: Platform, T> {
     inner: spin::mutex::Mutex<T, Relax<P>>,
 }
 
 /// Held: interrupts masked on this CPU until it is dropped.
-pub(super) struct IrqMutexGuard<'a, P: Platform, T> {
+pub(crate) struct IrqMutexGuard<'a, P: Platform, T> {
     guard: ManuallyDrop<spin::mutex::MutexGuard<'a, T, Relax<P>>>,
     saved: u64,
 }
 
 impl<P: Platform, T> IrqMutex<P, T> {
-    pub(super) const fn new(value: T) -> Self {
+    pub(crate) const fn new(value: T) -> Self {
         Self {
             inner: spin::mutex::Mutex::new(value),
         }
     }
 
     /// Masks this CPU's interrupts, then takes the lock (relaxing through the platform).
-    pub(super) fn lock(&self) -> IrqMutexGuard<'_, P, T> {
+    pub(crate) fn lock(&self) -> IrqMutexGuard<'_, P, T> {
         let saved = P::mask_interrupts();
         IrqMutexGuard {
             guard: ManuallyDrop::new(self.inner.lock()),
@@ -157,6 +157,24 @@ impl<P: Platform, const N: usize> crate::sync::released::QueueLock<N>
     where
         Self: 'a;
 
+    fn lock(&self) -> Self::Guard<'_> {
+        IrqMutex::lock(self)
+    }
+}
+
+/// The magazines' locks (each CPU's, and the shared allocator's) are the manager's: taken with
+/// interrupts masked.
+impl<P: Platform, T> crate::pack::magazine::MagazineLock<T> for IrqMutex<P, T> {
+    type Guard<'a>
+        = IrqMutexGuard<'a, P, T>
+    where
+        Self: 'a;
+
+    fn new(value: T) -> Self {
+        IrqMutex::new(value)
+    }
+
+    #[inline]
     fn lock(&self) -> Self::Guard<'_> {
         IrqMutex::lock(self)
     }

@@ -54,13 +54,13 @@
 //! the views' own tables: every table it needs is created at init, so it never races with the
 //! kernel's own changes to other parts of the tables.
 
-mod lock;
+pub(crate) mod lock;
 mod poke;
 mod pool;
 
 use core::fmt;
 use core::ops::Range;
-use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use aarch64_cpu::registers::{DAIF, Readable, Writeable};
 use spin::Once;
@@ -75,6 +75,7 @@ use crate::mmu::control::RegimeControl;
 use crate::mmu::{
     AddressSpace, BLOCK_SIZE_2M, MapError, PAGE_SIZE, PackFrame, TableMemory, TableRoot, Violation,
 };
+use crate::pack::magazine::{CpuMagazines, MagazineError, MagazineStats, Magazines, SlotFill};
 use crate::pack::{
     AllocError, BackendError, PACK_SIZE, PackAllocator, PackBackend, Slot, SlotInfo, Stats,
 };
@@ -247,6 +248,8 @@ pub enum InitError {
     SameRootEntry(Region, Region),
     /// The tables refused (a window is mapped already, or no memory for a table).
     Map(Region, MapError),
+    /// The heap could not hold the CPUs' magazines.
+    Magazines(MagazineError),
     /// MAIR_ELx does not give the attribute index of the manager's descriptors the memory type
     /// they mean (index 1: Normal write-back, 0xff; see [`crate::mmu::MAIR_EL1_VALUE`]).
     MairMismatch {
@@ -276,6 +279,7 @@ impl fmt::Display for InitError {
                 )
             }
             Self::Map(r, e) => write!(f, "cannot prepare {}: {e}", r.name),
+            Self::Magazines(e) => write!(f, "cannot set up the per-CPU magazines: {e}"),
             Self::MairMismatch { found } => write!(
                 f,
                 "MAIR_ELx {found:#x}: attribute index 1 must be Normal write-back (0xff), as the \
@@ -359,12 +363,26 @@ pub struct ExecManager<P: Platform> {
     staged_slot_entries: [AtomicPtr<u64>; MAX_CPUS],
     /// Packs the allocator released, unmapped once its lock is dropped.
     released: ReleaseQueue<IrqMutex<P, Queue<MAX_PACKS>>>,
+    /// Set after a pack is queued in `released`, cleared by whoever then drains it: a call that
+    /// finds it clear (every fast-path one) skips the queue's lock.
+    released_pending: AtomicBool,
     /// Serialises patches of live code (Linux `text_mutex`).
     patch_lock: IrqMutex<P, ()>,
     /// 4 KiB alias mappings made so far, for reports and tests.
     alias_maps: AtomicUsize,
-    allocator: Once<IrqMutex<P, PackAllocator<Backend<P>>>>,
+    /// The slot allocator behind the per-CPU magazines.
+    allocator: Once<Slots<P>>,
 }
+
+/// The slot allocator as the manager runs it: each CPU's magazines of small slots, under a lock
+/// of its own, in front of the shared [`PackAllocator`] (see [`crate::pack::magazine`]). Both
+/// locks mask interrupts: an interrupt handler may allocate and free.
+type Slots<P> = Magazines<
+    Backend<P>,
+    IrqMutex<P, PackAllocator<Backend<P>>>,
+    IrqMutex<P, CpuMagazines>,
+    BrkFill<P>,
+>;
 
 impl<P: Platform> Default for ExecManager<P> {
     fn default() -> Self {
@@ -391,6 +409,7 @@ impl<P: Platform> ExecManager<P> {
             slot_entries: [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS],
             staged_slot_entries: [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS],
             released: ReleaseQueue::new(IrqMutex::new(Queue::new())),
+            released_pending: AtomicBool::new(false),
             patch_lock: IrqMutex::new(()),
             alias_maps: AtomicUsize::new(0),
             allocator: Once::new(),
@@ -432,6 +451,8 @@ impl<P: Platform> ExecManager<P> {
         let packs = (config.pool.size / PACK_SIZE as u64) as usize;
         let allocator = PackAllocator::new(Backend { manager: self }, config.pool.start, packs)
             .map_err(|_| InitError::PoolTooLarge(config.pool))?;
+        let slots = Magazines::new(allocator, BrkFill { manager: self }, config.cpus)
+            .map_err(InitError::Magazines)?;
         if config.maintenance.repeat_tlbi {
             crate::arch::aarch64::mmu::repeat_tlbi();
         }
@@ -466,7 +487,7 @@ impl<P: Platform> ExecManager<P> {
         // Nothing is stored until every step that can fail has succeeded.
         *self.tables.lock() = Some(space);
         *self.pool.write() = Some(Pool::new(frames, config.pool));
-        self.allocator.call_once(|| IrqMutex::new(allocator));
+        self.allocator.call_once(|| slots);
         self.hot
             .pool_start
             .store(config.pool.start, Ordering::Relaxed);
@@ -554,50 +575,54 @@ impl<P: Platform> ExecManager<P> {
     /// As for [`AddressSpace::set_root_entry`]; and `va` is outside the pool's and fixmap's root
     /// entries (refused) and any range the kernel still uses through the old entry.
     pub unsafe fn set_root_entry(&self, va: u64, raw: u64) -> Result<(), MapError> {
-        let pool = self.hot.pool_start.load(Ordering::Relaxed);
+        let pool =
+            self.hot.pool_start.load(Ordering::Relaxed)..self.hot.pool_end.load(Ordering::Relaxed);
         let mut tables = self.tables.lock();
         let space = tables.as_mut().ok_or(MapError::NotMapped { va })?;
-        let same_entry = |a: u64| {
-            space.root_entry_span(a).map(|(first, _)| first)
-                == space.root_entry_span(va).map(|(first, _)| first)
-        };
-        if same_entry(pool) {
+        // Any root entry the pool's tables hang from (a pool may cross a root entry's end).
+        let (first, size) = space
+            .root_entry_span(va)
+            .ok_or(MapError::VaOutOfRange { va, size: 1 })?;
+        if pool.start < first.saturating_add(size) && first < pool.end {
             return Err(MapError::AlreadyMapped { va });
         }
         // SAFETY: the caller's contract.
         unsafe { space.set_root_entry(va, raw, &mut BroadcastTlb::<P::Regime>::new()) }
     }
 
-    fn allocator(&self) -> Result<&IrqMutex<P, PackAllocator<Backend<P>>>, AllocError> {
+    fn allocator(&self) -> Result<&Slots<P>, AllocError> {
         self.allocator.get().ok_or(AllocError::Uninitialised)
     }
 
     /// Allocates `size` bytes of exec memory, 64-byte aligned, filled with BRK (Linux
-    /// `vmalloc_exec`).
+    /// `vmalloc_exec`). Up to 4 KiB, from this CPU's magazine when it has a slot of the size's
+    /// class (no shared lock, no poke: the slot was BRK-filled when it was freed).
     pub fn alloc(&self, size: usize) -> Result<ExecSlot, AllocError> {
-        let slot = self.allocator()?.lock().alloc(size);
+        let slot = self.allocator()?.alloc(P::cpu_index(), size);
         self.unmap_released_packs();
         slot.map(|slot| ExecSlot { slot })
     }
 
     /// Allocates with a power-of-two alignment up to 4 KiB (e.g. page-aligned module text).
     pub fn alloc_aligned(&self, size: usize, align: usize) -> Result<ExecSlot, AllocError> {
-        let slot = self.allocator()?.lock().alloc_aligned(size, align);
+        let slot = self.allocator()?.alloc_aligned(P::cpu_index(), size, align);
         self.unmap_released_packs();
         slot.map(|slot| ExecSlot { slot })
     }
 
-    /// Frees a slot: refilled with BRK (a stale call traps), chunks released, an empty pack
-    /// unmapped (one is kept cached). On error the slot is unchanged and still allocated.
+    /// Frees a slot: refilled with BRK (a stale call traps), then, up to 4 KiB, kept in this
+    /// CPU's magazine for the next allocation of its class, else (or when the magazine is full)
+    /// its chunks released, an empty pack unmapped (one is kept cached). On error the slot is
+    /// unchanged and still allocated.
     pub fn free(&self, slot: ExecSlot) -> Result<(), AllocError> {
-        let result = self.allocator()?.lock().free(slot.slot);
+        let result = self.allocator()?.free(P::cpu_index(), slot.slot);
         self.unmap_released_packs();
         result
     }
 
     /// C-style allocation: the address, or an error.
     pub fn alloc_raw(&self, size: usize) -> Result<*const u8, AllocError> {
-        let addr = self.allocator()?.lock().alloc_raw(size);
+        let addr = self.allocator()?.alloc_raw(P::cpu_index(), size);
         self.unmap_released_packs();
         addr.map(|addr| addr as *const u8)
     }
@@ -605,43 +630,64 @@ impl<P: Platform> ExecManager<P> {
     /// C-style free (Linux `vfree_exec(ptr, size)`); `size` must be the size the slot was
     /// allocated with.
     pub fn free_raw(&self, ptr: *const u8, size: usize) -> Result<(), AllocError> {
-        let result = self.allocator()?.lock().free_raw(ptr as u64, size);
+        let result = self.allocator()?.free_raw(P::cpu_index(), ptr as u64, size);
         self.unmap_released_packs();
         result
     }
 
-    /// Releases the cached empty pack, if any, giving its frame back. Returns whether one was.
+    /// Gives back what is held in reserve: every CPU's magazines return their slots to the
+    /// shared allocator, and the cached empty pack, if any, is released with its frame. Returns
+    /// whether a pack was released by the last step (packs the returned slots emptied are
+    /// released as any emptied pack is).
     pub fn trim(&self) -> Result<bool, AllocError> {
-        let trimmed = self.allocator()?.lock().trim();
+        let trimmed = self.allocator()?.trim();
         self.unmap_released_packs();
         Ok(trimmed)
     }
 
-    /// The live slot that covers `addr` (for fault reports and tools); frees nothing.
+    /// Returns every CPU's magazines to the shared allocator (what [`ExecManager::trim`] does
+    /// first; an allocation the pool cannot serve does it too, then retries). Returns the number
+    /// of slots returned.
+    pub fn drain_magazines(&self) -> Result<usize, AllocError> {
+        let returned = self.allocator()?.drain();
+        self.unmap_released_packs();
+        Ok(returned)
+    }
+
+    /// The live slot that covers `addr` (for fault reports and tools); frees nothing. A slot
+    /// resting in a magazine is free.
     pub fn slot_at(&self, addr: u64) -> Option<SlotInfo> {
-        self.allocator().ok()?.lock().slot_at(addr)
+        self.allocator().ok()?.slot_at(addr)
     }
 
-    /// Allocator statistics (zero before `init`).
+    /// Allocator statistics as the users see them (zero before `init`): live slots and bytes
+    /// are theirs; slots resting in magazines count as reserved only
+    /// ([`ExecManager::magazine_stats`] has both views).
     pub fn stats(&self) -> Stats {
-        self.allocator()
-            .map(|a| a.lock().stats())
-            .unwrap_or_default()
+        self.magazine_stats().pool
     }
 
-    /// Writes the pack map (one line per mapped pack, one character per 32 KiB).
+    /// The figures with the magazines counted: the users' view, the shared allocator's (in
+    /// which resting slots are live), the resting slots and bytes, refills and flushes.
+    pub fn magazine_stats(&self) -> MagazineStats {
+        self.allocator().map(Magazines::stats).unwrap_or_default()
+    }
+
+    /// Writes the pack map (one line per mapped pack, one character per 32 KiB). Slots resting
+    /// in magazines show as used: they are the shared allocator's live slots.
     pub fn render_pack_map(&self, out: &mut dyn fmt::Write) -> fmt::Result {
         match self.allocator() {
-            Ok(allocator) => allocator.lock().render_pack_map(out),
+            Ok(allocator) => allocator.shared().render_pack_map(out),
             Err(_) => Ok(()),
         }
     }
 
-    /// Checks the allocator's invariants; panics with the first one violated (for tests).
+    /// Checks the allocator's and the magazines' invariants; panics with the first one violated
+    /// (for tests).
     #[cfg(any(test, feature = "check-invariants"))]
     pub fn check_invariants(&self) {
         if let Ok(allocator) = self.allocator() {
-            allocator.lock().check_invariants();
+            allocator.check_invariants();
         }
     }
 
@@ -708,6 +754,16 @@ impl<P: Platform> ExecManager<P> {
     /// Unmaps the packs the allocator released. Called without the allocator's lock (after a
     /// free), and with it before mapping (so a released pack is gone before its VA is used again).
     fn unmap_released_packs(&self) {
+        // A pack is queued, then the flag set; whoever clears it drains after, so every queued
+        // pack is drained by its releaser or by a later caller. Only this post-call drain may
+        // skip: the one before mapping (`Backend::map_packs`) must wait for a drain in progress.
+        if self.released_pending.swap(false, Ordering::Acquire) {
+            self.drain_released_packs();
+        }
+    }
+
+    /// Unmaps every queued pack, waiting for a drain in progress on another CPU.
+    fn drain_released_packs(&self) {
         // The queue's protocol (`crate::sync::released`, model-checked): its lock is held until
         // every pack taken is unmapped.
         self.released.drain(|va| {
@@ -759,7 +815,7 @@ fn check_config(config: &Config, root: TableRoot) -> Result<(), InitError> {
     if pool.overlaps(&fixmap) {
         return Err(InitError::Overlap(pool, fixmap));
     }
-    let span = root_entry_size(root.range);
+    let span = root.range.root_entry_size();
     if fixmap.start / span != (fixmap.end() - 1) / span {
         return Err(InitError::FixmapCrossesRootEntry(fixmap));
     }
@@ -767,15 +823,6 @@ fn check_config(config: &Config, root: TableRoot) -> Result<(), InitError> {
         return Err(InitError::SameRootEntry(pool, fixmap));
     }
     Ok(())
-}
-
-/// Bytes one root entry of `range` spans.
-fn root_entry_size(range: crate::mmu::VaRange) -> u64 {
-    if range.start_level() == 0 {
-        512 << 30
-    } else {
-        1 << 30
-    }
 }
 
 /// The allocator's backend: packs from the manager's pool, BRK refills through its text poke.
@@ -786,7 +833,9 @@ struct Backend<P: Platform> {
 impl<P: Platform> PackBackend for Backend<P> {
     fn map_packs(&mut self, va: u64, count: usize) -> Result<(), BackendError> {
         let manager = self.manager;
-        manager.unmap_released_packs();
+        // Every released pack is gone before a VA is mapped again: the full drain, which waits
+        // for one in progress elsewhere.
+        manager.drain_released_packs();
         for i in 0..count {
             let pack = va + (i * PACK_SIZE) as u64;
             if let Err(e) = manager.map_pack_for(pack, false) {
@@ -811,14 +860,34 @@ impl<P: Platform> PackBackend for Backend<P> {
             // that did not fit would only stay mapped, BRK-filled, RX).
             let _ = self.manager.released.push(va + (i * PACK_SIZE) as u64);
         }
+        self.manager.released_pending.store(true, Ordering::Release);
     }
 
     fn fill_brk(&mut self, va: u64, len: usize) -> Result<(), BackendError> {
-        // The allocator passes whole chunks of a slot it owns, inside a mapped pack.
+        self.manager.fill_brk(va, len)
+    }
+}
+
+/// The magazines' BRK fill of a freed slot: the same text poke as the shared allocator's.
+struct BrkFill<P: Platform> {
+    manager: &'static ExecManager<P>,
+}
+
+impl<P: Platform> SlotFill for BrkFill<P> {
+    #[inline]
+    fn fill_brk(&self, va: u64, len: usize) -> Result<(), BackendError> {
+        self.manager.fill_brk(va, len)
+    }
+}
+
+impl<P: Platform> ExecManager<P> {
+    /// Fills `[va, va + len)` with BRK through this CPU's poke, unpublished: the allocator and
+    /// the magazines pass whole chunks of a slot they own, inside a mapped pack, and the slot's
+    /// next user publishes what it writes there ([`ExecManager::write`]).
+    fn fill_brk(&self, va: u64, len: usize) -> Result<(), BackendError> {
         let brk = crate::poke::insn::brk(0);
         let region = ExecRegion::slot(va, va + len as u64);
-        self.manager
-            .set_unpublished(region, va, brk, len / crate::poke::insn::INSN_BYTES)
+        self.set_unpublished(region, va, brk, len / crate::poke::insn::INSN_BYTES)
             .map_err(|_| BackendError::Refill)
     }
 }

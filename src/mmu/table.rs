@@ -124,6 +124,17 @@ impl VaRange {
         if self.bits > 39 { 0 } else { 1 }
     }
 
+    /// Bytes one root-table entry spans: 512 GiB for a walk from level 0, 1 GiB from level 1.
+    pub const fn root_entry_size(self) -> u64 {
+        entry_size(self.start_level())
+    }
+
+    /// The first VA of the span of root entry `index`.
+    pub const fn root_entry_va(self, index: usize) -> u64 {
+        self.first()
+            .wrapping_add((index as u64) << index_shift(self.start_level()))
+    }
+
     /// The first VA of the range.
     pub const fn first(self) -> u64 {
         if self.upper { !0 << self.bits } else { 0 }
@@ -1399,7 +1410,7 @@ impl<R: Regime, M: TableMemory> AddressSpace<R, M> {
         if !self.root.range.contains(va) {
             return None;
         }
-        let size = entry_size(self.root.range.start_level());
+        let size = self.root.range.root_entry_size();
         Some((va & !(size - 1), size))
     }
 

@@ -84,6 +84,7 @@
 //! full. Packs of a large slot print as full.
 
 mod class;
+pub mod magazine;
 mod meta;
 mod sim;
 

@@ -6,12 +6,13 @@
 //! slot::write(&slot, 0, &code)?;                // through the text poke, bounds-checked
 //! let f: extern "C" fn() -> u64 = unsafe { core::mem::transmute(slot.as_ptr()) };
 //! f();
-//! slot::free(slot)?;                            // refilled with BRK, chunks released
+//! slot::free(slot)?;                            // refilled with BRK, kept in this CPU's magazine
 //! ```
 
 use core::fmt;
 
 pub use crate::manager::ExecSlot;
+use crate::pack::magazine::MagazineStats;
 use crate::pack::{AllocError, SlotInfo, Stats};
 use crate::poke::PokeError;
 use crate::runtime::exec_pool::with_manager;
@@ -36,7 +37,8 @@ pub fn write_all(writes: &[(&ExecSlot, usize, &[u8])]) -> Result<(), PokeError> 
     with_manager!(m => m.write_all(writes))
 }
 
-/// Frees a slot: refilled with BRK, chunks released, an empty pack unmapped (one is cached).
+/// Frees a slot: refilled with BRK, then kept in this CPU's magazine (up to 4 KiB) or its chunks
+/// released, an empty pack unmapped (one is cached).
 pub fn free(slot: ExecSlot) -> Result<(), AllocError> {
     with_manager!(m => m.free(slot))
 }
@@ -51,9 +53,14 @@ pub fn free_raw(ptr: *const u8, size: usize) -> Result<(), AllocError> {
     with_manager!(m => m.free_raw(ptr, size))
 }
 
-/// Releases the cached empty pack.
+/// Returns every CPU's magazines to the pool and releases the cached empty pack.
 pub fn trim() -> Result<bool, AllocError> {
     with_manager!(m => m.trim())
+}
+
+/// Returns every CPU's magazines to the pool; the number of slots returned.
+pub fn drain_magazines() -> Result<usize, AllocError> {
+    with_manager!(m => m.drain_magazines())
 }
 
 /// The live slot covering `addr`.
@@ -61,9 +68,14 @@ pub fn slot_at(addr: u64) -> Option<SlotInfo> {
     with_manager!(m => m.slot_at(addr))
 }
 
-/// Allocator statistics.
+/// Allocator statistics, as the users see them (resting slots count as reserved only).
 pub fn stats() -> Stats {
     with_manager!(m => m.stats())
+}
+
+/// The statistics with the magazines counted.
+pub fn magazine_stats() -> MagazineStats {
+    with_manager!(m => m.magazine_stats())
 }
 
 /// Writes the pack map (one line per mapped pack, one character per 32 KiB).
