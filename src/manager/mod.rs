@@ -21,7 +21,7 @@
 //! EXEC.write(&slot, 0, &code)?;                // through this CPU's text-poke alias
 //! let f: extern "C" fn() -> u64 = unsafe { core::mem::transmute(slot.as_ptr()) };
 //! f();
-//! EXEC.free(slot)?;                            // refilled with BRK, chunks released
+//! EXEC.free(slot)?;                            // refilled with BRK, kept in this CPU's magazine
 //! assert!(EXEC.audit().is_empty());            // W^X over the whole of the kernel's tables
 //! ```
 //!
@@ -119,7 +119,9 @@ pub trait Platform: Sized + 'static {
 
     /// This CPU's index, below [`Config::cpus`]. The poke path reads it with interrupts masked
     /// for each page it writes (so a kernel that migrates work between CPUs between pages uses
-    /// each CPU's own slot), and once before, unmasked, to refuse a CPU with no slot.
+    /// each CPU's own slot), and once before, unmasked, to refuse a CPU with no slot. Allocation
+    /// and free read it once, unmasked, to pick the CPU's magazines: a call that moves to another
+    /// CPU meanwhile uses the first CPU's, under their lock (correct, only not local).
     fn cpu_index() -> usize;
 
     /// Runs `change` while every other CPU that may execute exec memory waits, and makes each of
