@@ -49,6 +49,29 @@ impl<P: Platform, T> IrqMutex<P, T> {
     }
 }
 
+impl<P: Platform, T> IrqMutex<P, T> {
+    /// Takes the lock on a CPU whose interrupts `_masked` keeps masked (a held guard of another
+    /// of these locks), without masking again: the guard only unlocks, and cannot outlive the
+    /// mask it relies on.
+    pub(super) fn lock_masked<'a>(
+        &'a self,
+        _masked: Masked<'a>,
+    ) -> spin::mutex::MutexGuard<'a, T, Relax<P>> {
+        self.inner.lock()
+    }
+}
+
+/// Proof that interrupts are masked on this CPU for `'a`: borrowed from a held guard.
+#[derive(Clone, Copy)]
+pub(super) struct Masked<'a>(PhantomData<&'a ()>);
+
+impl<P: Platform, T> IrqReadGuard<'_, P, T> {
+    /// Interrupts stay masked while this guard is held.
+    pub(super) fn masked(&self) -> Masked<'_> {
+        Masked(PhantomData)
+    }
+}
+
 impl<P: Platform, T> Deref for IrqMutexGuard<'_, P, T> {
     type Target = T;
     fn deref(&self) -> &T {

@@ -73,7 +73,8 @@ use crate::arch::aarch64::mmu::BroadcastTlb;
 use crate::layout::Region;
 use crate::mmu::control::RegimeControl;
 use crate::mmu::{
-    AddressSpace, BLOCK_SIZE_2M, MapError, PAGE_SIZE, PackFrame, TableMemory, TableRoot, Violation,
+    AddressSpace, BLOCK_SIZE_2M, MapError, PAGE_SIZE, PackFrame, Role, TableMemory, TableRoot,
+    Violation,
 };
 use crate::pack::magazine::{CpuMagazines, MagazineError, MagazineStats, Magazines, SlotFill};
 use crate::pack::{
@@ -117,11 +118,12 @@ pub trait Platform: Sized + 'static {
     /// 2 MiB frames for packs.
     type Frames: PackFrames + Send;
 
-    /// This CPU's index, below [`Config::cpus`]. The poke path reads it with interrupts masked
-    /// for each page it writes (so a kernel that migrates work between CPUs between pages uses
-    /// each CPU's own slot), and once before, unmasked, to refuse a CPU with no slot. Allocation
-    /// and free read it once, unmasked, to pick the CPU's magazines: a call that moves to another
-    /// CPU meanwhile uses the first CPU's, under their lock (correct, only not local).
+    /// This CPU's index, below [`Config::cpus`]. The poke path reads it once per write, with
+    /// interrupts masked from before that read until the last alias of the write is gone, so the
+    /// write runs on the CPU it read (a kernel migrates work only when it can preempt it) and
+    /// uses that CPU's own slot; a CPU with no slot is refused before anything is written.
+    /// Allocation and free read it once, unmasked, to pick the CPU's magazines: a call that moves
+    /// to another CPU meanwhile uses the first CPU's, under their lock (correct, only not local).
     fn cpu_index() -> usize;
 
     /// Runs `change` while every other CPU that may execute exec memory waits, and makes each of
@@ -358,20 +360,17 @@ pub struct ExecManager<P: Platform> {
     tables: IrqMutex<P, Option<KernelSpace<P>>>,
     /// Frames and the pack → frame records.
     pool: IrqRwLock<P, Option<Pool<P::Frames>>>,
-    /// The level-3 entry of each CPU's poke slot, in its own view (stable: tables are never
-    /// freed); null until the CPU entered its view ([`ExecManager::enter_cpu_view`]).
-    slot_entries: [AtomicPtr<u64>; MAX_CPUS],
-    /// The same entries, made at init, waiting for their CPU to enter its view.
-    staged_slot_entries: [AtomicPtr<u64>; MAX_CPUS],
+    /// What each CPU's pokes use, by CPU index.
+    per_cpu: [PerCpu; MAX_CPUS],
     /// Packs the allocator released, unmapped once its lock is dropped.
     released: ReleaseQueue<IrqMutex<P, Queue<MAX_PACKS>>>,
     /// Set after a pack is queued in `released`, cleared by whoever then drains it: a call that
     /// finds it clear (every fast-path one) skips the queue's lock.
     released_pending: AtomicBool,
-    /// Serialises patches of live code (Linux `text_mutex`).
+    /// Serialises patches of live code (Linux `text_mutex`): the read, compare and store of a
+    /// [`ExecManager::patch_insn`] against every other patch. Taken only inside the pool's
+    /// records (read), whose guard masks interrupts (lock order: records, then this one).
     patch_lock: IrqMutex<P, ()>,
-    /// 4 KiB alias mappings made so far, for reports and tests.
-    alias_maps: AtomicUsize,
     /// The slot allocator behind the per-CPU magazines.
     allocator: Once<Slots<P>>,
 }
@@ -405,15 +404,14 @@ impl<P: Platform> ExecManager<P> {
                 text_start: AtomicU64::new(0),
                 text_end: AtomicU64::new(0),
                 text_pa: AtomicU64::new(0),
+                alias_attributes: AtomicU64::new(0),
             },
             tables: IrqMutex::new(None),
             pool: IrqRwLock::new(None),
-            slot_entries: [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS],
-            staged_slot_entries: [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS],
+            per_cpu: [const { PerCpu::new() }; MAX_CPUS],
             released: ReleaseQueue::new(IrqMutex::new(Queue::new())),
             released_pending: AtomicBool::new(false),
             patch_lock: IrqMutex::new(()),
-            alias_maps: AtomicUsize::new(0),
             allocator: Once::new(),
         }
     }
@@ -455,6 +453,10 @@ impl<P: Platform> ExecManager<P> {
             .map_err(|_| InitError::PoolTooLarge(config.pool))?;
         let slots = Magazines::new(allocator, BrkFill { manager: self }, config.cpus)
             .map_err(InitError::Magazines)?;
+        // The alias descriptor of a page at PA 0: a poke ORs the page's PA in.
+        let alias_attributes =
+            <P::Regime as crate::mmu::Regime>::page_descriptor(0, Role::PokeAlias)
+                .map_err(|e| InitError::Map(config.fixmap, e))?;
         if config.maintenance.repeat_tlbi {
             crate::arch::aarch64::mmu::repeat_tlbi();
         }
@@ -483,8 +485,8 @@ impl<P: Platform> ExecManager<P> {
                 .map_err(|e| InitError::Map(fixmap, e))?;
             *entry = found.as_ptr();
         }
-        for (staged, entry) in self.staged_slot_entries.iter().zip(entries) {
-            staged.store(entry, Ordering::Release);
+        for (cpu, entry) in self.per_cpu.iter().zip(entries) {
+            cpu.staged_entry.store(entry, Ordering::Release);
         }
         // Nothing is stored until every step that can fail has succeeded.
         *self.tables.lock() = Some(space);
@@ -499,6 +501,9 @@ impl<P: Platform> ExecManager<P> {
         self.hot
             .fixmap
             .store(config.fixmap.start, Ordering::Relaxed);
+        self.hot
+            .alias_attributes
+            .store(alias_attributes, Ordering::Relaxed);
         // Release: whoever sees the CPU count sees the rest (and the slot entries above).
         self.hot.cpus.store(config.cpus, Ordering::Release);
         self.config.call_once(|| config);
@@ -531,10 +536,12 @@ impl<P: Platform> ExecManager<P> {
 
     /// [`ExecManager::enter_cpu_view`] with interrupts masked, on CPU `cpu`.
     fn switch_to_view(&self, cpu: usize) -> Result<(), ()> {
-        let staged = self
-            .staged_slot_entries
-            .get(cpu)
-            .map_or(core::ptr::null_mut(), |e| e.load(Ordering::Acquire));
+        // Set up completely (`config` is stored last, Release): a poke that sees the entry below
+        // sees the fixmap VA and the alias attributes too.
+        self.config.get().ok_or(())?;
+        let staged = self.per_cpu.get(cpu).map_or(core::ptr::null_mut(), |c| {
+            c.staged_entry.load(Ordering::Acquire)
+        });
         if staged.is_null() {
             return Err(());
         }
@@ -548,7 +555,7 @@ impl<P: Platform> ExecManager<P> {
         // is a copy of it, kept in step by `set_root_entry`), but for its own fixmap entry,
         // which nothing but this CPU's pokes uses.
         unsafe { crate::arch::aarch64::mmu::switch_root::<P::Regime>(root.range, root.pa) };
-        self.slot_entries[cpu].store(staged, Ordering::Release);
+        self.per_cpu[cpu].entry.store(staged, Ordering::Release);
         Ok(())
     }
 
@@ -562,9 +569,9 @@ impl<P: Platform> ExecManager<P> {
 
     /// Whether CPU `cpu` has entered its view.
     pub fn cpu_entered_view(&self, cpu: usize) -> bool {
-        self.slot_entries
+        self.per_cpu
             .get(cpu)
-            .is_some_and(|e| !e.load(Ordering::Acquire).is_null())
+            .is_some_and(|c| !c.entry.load(Ordering::Acquire).is_null())
     }
 
     /// Rewrites the kernel's root entry covering `va` in its root and in every CPU's view, with
@@ -789,6 +796,35 @@ struct Hot {
     text_start: AtomicU64,
     text_end: AtomicU64,
     text_pa: AtomicU64,
+    /// The poke alias's level-3 descriptor without its output address (RW, execute-never, Normal
+    /// write-back: [`Role::PokeAlias`] in this regime), made once at init: a poke ORs in the
+    /// page's PA ([`crate::mmu::Regime::page_descriptor`] of a page-aligned PA below 2^48 is
+    /// exactly that, host-tested).
+    alias_attributes: AtomicU64,
+}
+
+/// One CPU's poke state, a cache line of its own: only that CPU writes it after init, so the
+/// count it keeps needs no atomic read-modify-write and shares no line with another CPU's.
+#[repr(align(64))]
+struct PerCpu {
+    /// The level-3 entry of this CPU's poke slot, in its own view (stable: tables are never
+    /// freed); null until the CPU entered its view ([`ExecManager::enter_cpu_view`]).
+    entry: AtomicPtr<u64>,
+    /// The same entry, made at init, waiting for the CPU to enter its view.
+    staged_entry: AtomicPtr<u64>,
+    /// 4 KiB alias mappings this CPU made, for reports and tests: written by this CPU alone, with
+    /// interrupts masked (a relaxed load and store, no read-modify-write).
+    alias_maps: AtomicUsize,
+}
+
+impl PerCpu {
+    const fn new() -> Self {
+        Self {
+            entry: AtomicPtr::new(core::ptr::null_mut()),
+            staged_entry: AtomicPtr::new(core::ptr::null_mut()),
+            alias_maps: AtomicUsize::new(0),
+        }
+    }
 }
 
 /// Checks the windows against each other, the limits and the root's VA range.

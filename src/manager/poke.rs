@@ -15,13 +15,16 @@ use super::pool::{Records, exec_pa};
 use super::{ExecManager, Platform};
 use crate::arch::aarch64::{cache, mmu::LocalTlb};
 use crate::layout::Region;
-use crate::mmu::{BLOCK_SIZE_2M, PAGE_SIZE, Regime, Role, TlbMaintenance};
+use crate::mmu::{BLOCK_SIZE_2M, PAGE_SIZE, TlbMaintenance};
 use crate::poke::{self, ExecRegion, INSN_BYTES, PokeError};
 
 impl<P: Platform> ExecManager<P> {
-    /// How many 4 KiB alias mappings all pokes so far have made.
+    /// How many 4 KiB alias mappings all pokes so far have made (the sum of every CPU's count).
     pub fn alias_maps(&self) -> usize {
-        self.alias_maps.load(Ordering::Relaxed)
+        self.per_cpu
+            .iter()
+            .map(|c| c.alias_maps.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// The fixmap VA of the block a fresh pack is filled through (`None` before `init`).
@@ -139,9 +142,7 @@ impl<P: Platform> ExecManager<P> {
         src: &[u8],
     ) -> Result<(), PokeError> {
         poke::check_range(dst, src.len(), region)?;
-        let records = self.pool.read();
-        check_mapped(&records, dst, src.len())?;
-        self.write_through_alias(&records, dst, src.len(), |alias, offset, len| {
+        self.write_through_alias(dst, src.len(), |alias, offset, len| {
             // SAFETY: `alias` is this CPU's RW mapping of the page behind dst + offset, `len`
             // bytes fit in it (the writer cuts at page boundaries), and `src` is ordinary memory.
             unsafe { ptr::copy_nonoverlapping(src.as_ptr().add(offset), alias, len) };
@@ -182,9 +183,7 @@ impl<P: Platform> ExecManager<P> {
             region,
         })?;
         poke::check_range(dst, len, region)?;
-        let records = self.pool.read();
-        check_mapped(&records, dst, len)?;
-        self.write_through_alias(&records, dst, len, |alias, _, len| {
+        self.write_through_alias(dst, len, |alias, _, len| {
             let words = alias.cast::<u32>();
             for i in 0..len / INSN_BYTES {
                 // SAFETY: 4-byte aligned (dst is aligned and chunks split at page boundaries) and
@@ -220,19 +219,35 @@ impl<P: Platform> ExecManager<P> {
     /// instruction from its next context synchronisation event at the latest;
     /// [`ExecManager::publish`] makes that every CPU's present.
     pub fn patch_insn(&self, addr: u64, expected_old: u32, new: u32) -> Result<(), PokeError> {
-        let _patching = self.patch_lock.lock();
+        poke::check_insn_aligned(addr)?;
+        // The records keep the page's frame from being unmapped and reused and mask interrupts;
+        // under their mask, the patch lock makes read, compare and store one step against every
+        // other patcher of the same text (without masking again).
         let records = self.pool.read();
-        let found = self.read_patchable(&records, addr)?;
+        let _patching = self.patch_lock.lock_masked(records.masked());
+        let pa = self
+            .patch_pa(&records, addr)
+            .ok_or(PokeError::NotExecMemory { addr })?;
+        // SAFETY: `addr` is aligned and inside a mapped pack (which cannot be unmapped while
+        // `records` is held) or the kernel text opened to patching: RO + X, readable.
+        let found = unsafe { ptr::read_volatile(addr as *const u32) };
         poke::check_old(addr, expected_old, found)?;
         poke::check_pair(found, new)?;
-        let store = |alias: *mut u8, _, _| {
-            // SAFETY: one aligned 32-bit store into the alias page (the CMODX single-copy-atomic
-            // write).
-            unsafe { alias.cast::<u32>().write_volatile(new) };
-        };
-        self.write_through_alias(&records, addr, INSN_BYTES, store)?;
-        if P::store_code_twice() {
-            self.write_through_alias(&records, addr, INSN_BYTES, store)?;
+        let alias = self.this_cpu_alias(&records)?;
+        let plan = self
+            .maintenance_plan()
+            .ok_or(PokeError::NotExecMemory { addr })?;
+        let passes = if P::store_code_twice() { 2 } else { 1 };
+        for _ in 0..passes {
+            self.store_in_page(&records, alias, pa, |page| {
+                // SAFETY: one aligned 32-bit store into the alias page (the CMODX
+                // single-copy-atomic write): `page` maps the page of `pa`, and `addr`'s offset in
+                // its page is that of `pa`.
+                unsafe { ((page + addr % PAGE_SIZE) as *mut u32).write_volatile(new) };
+            });
+            complete_alias_stores();
+            // An aligned instruction lies in one line of both caches.
+            cache::sync_code_line(plan, addr);
         }
         Ok(())
     }
@@ -243,9 +258,9 @@ impl<P: Platform> ExecManager<P> {
     /// nothing is written. All stores are made first, then one cache-maintenance pass per run
     /// of neighbouring instructions.
     pub fn patch_batch(&self, patches: &[(u64, u32)]) -> Result<(), PokeError> {
-        let _patching = self.patch_lock.lock();
         // Every lookup and lock before the others stop: a stopped CPU may hold anything else.
         let records = self.pool.read();
+        let _patching = self.patch_lock.lock_masked(records.masked());
         for &(addr, _) in patches {
             poke::check_insn_aligned(addr)?;
             self.patch_pa(&records, addr)
@@ -254,7 +269,7 @@ impl<P: Platform> ExecManager<P> {
         let plan = self
             .maintenance_plan()
             .ok_or(PokeError::NotExecMemory { addr: 0 })?;
-        let slot = self.this_cpu_slot()?;
+        self.this_cpu_alias(&records)?;
         // The written instructions, sorted, as ranges that merge neighbours less than a page
         // apart: one maintenance pass per range, not per instruction.
         let mut ranges: alloc::vec::Vec<(u64, u64)> = patches
@@ -271,120 +286,166 @@ impl<P: Platform> ExecManager<P> {
             }
         });
         let passes = if P::store_code_twice() { 2 } else { 1 };
+        let mut refused = None;
         P::stop_others_and_run(&mut || {
+            // The CPU `change` runs on (the platform runs it on this one; read again, masked).
+            let alias = match self.this_cpu_alias(&records) {
+                Ok(alias) => alias,
+                Err(e) => {
+                    refused = Some(e);
+                    return;
+                }
+            };
             for _ in 0..passes {
                 for &(addr, new) in patches {
-                    self.store_through_alias(&records, slot, addr, INSN_BYTES, |alias, _, _| {
-                        // SAFETY: one aligned 32-bit store into the alias page; the others are
-                        // stopped.
-                        unsafe { alias.cast::<u32>().write_volatile(new) };
+                    let Some(pa) = self.patch_pa(&records, addr) else {
+                        // Checked above under the same records; never reached.
+                        continue;
+                    };
+                    self.store_in_page(&records, alias, pa, |page| {
+                        // SAFETY: one aligned 32-bit store into the alias page of `addr`; the
+                        // others are stopped.
+                        unsafe { ((page + addr % PAGE_SIZE) as *mut u32).write_volatile(new) };
                     });
                 }
+                complete_alias_stores();
                 for &(start, end) in &ranges {
-                    cache::sync_code_range(plan, start, end);
+                    cache::sync_code(plan, start, end);
                 }
             }
         })
-        .map_err(|stopped| PokeError::CpuNotStopped { cpu: stopped.cpu })
+        .map_err(|stopped| PokeError::CpuNotStopped { cpu: stopped.cpu })?;
+        refused.map_or(Ok(()), Err)
     }
 
-    /// CPU `cpu`'s poke slot: its VA and its level-3 entry.
-    fn slot_entry(&self, cpu: usize) -> Option<(u64, *mut u64)> {
-        let slot = self.poke_slot(cpu)?;
-        let entry = self.slot_entries[cpu % super::MAX_CPUS].load(Ordering::Acquire);
-        (!entry.is_null()).then_some((slot, entry))
-    }
-
-    /// This CPU's index and poke slot, refused for a CPU the manager has no slot for (an index at
-    /// or above [`super::Config::cpus`]), before anything is written.
-    fn this_cpu_slot(&self) -> Result<(usize, (u64, *mut u64)), PokeError> {
+    /// This CPU's poke alias, or [`PokeError::NoPokeSlot`] for a CPU with none (an index at or
+    /// above [`super::Config::cpus`], or a CPU that has not entered its view), before anything is
+    /// written. `_records` proves interrupts masked: the CPU read here is the one the poke runs
+    /// on until the records are dropped.
+    fn this_cpu_alias(&self, _records: &Records<'_, P>) -> Result<Alias, PokeError> {
         let cpu = P::cpu_index();
-        match self.slot_entry(cpu) {
-            Some(slot) => Ok((cpu, slot)),
-            None => Err(PokeError::NoPokeSlot { cpu }),
+        let entry = self
+            .per_cpu
+            .get(cpu)
+            .map_or(ptr::null_mut(), |c| c.entry.load(Ordering::Acquire));
+        if entry.is_null() {
+            return Err(PokeError::NoPokeSlot { cpu });
         }
+        // Both were stored before `config`, whose Release the entry's store follows
+        // (`switch_to_view`); the Acquire above makes them visible.
+        Ok(Alias {
+            cpu,
+            va: self.hot.fixmap.load(Ordering::Relaxed),
+            entry,
+            attributes: self.hot.alias_attributes.load(Ordering::Relaxed),
+        })
     }
 
-    /// [`Self::store_through_alias`], then one cache-maintenance pass over the whole range.
+    /// Stores `len` bytes from exec address `dst` (checked against its region by the caller)
+    /// through this CPU's alias, then makes them visible to instruction fetch: `write` gets the
+    /// alias pointer, the offset into the range and the bytes in this page. Refused unless every
+    /// pack the range touches is mapped and this CPU has a poke slot; then nothing is written.
+    ///
+    /// A range within one page (most writes: one instruction, a small program) has its PA looked
+    /// up once, for the check and the mapping both, one alias mapping and no loop; one within one
+    /// cache line gets the one-line pass ([`cache::sync_code_line`]).
     fn write_through_alias(
         &self,
-        records: &Records<'_, P>,
-        dst: u64,
-        len: usize,
-        write: impl FnMut(*mut u8, usize, usize),
-    ) -> Result<(), PokeError> {
-        let plan = self
-            .maintenance_plan()
-            .ok_or(PokeError::NotExecMemory { addr: dst })?;
-        let slot = self.this_cpu_slot()?;
-        self.store_through_alias(records, slot, dst, len, write);
-        cache::sync_code_range(plan, dst, dst + len as u64);
-        Ok(())
-    }
-
-    /// Maps each page of `[dst, dst + len)` at this CPU's fixmap slot in turn, lets `write`
-    /// store through it (alias pointer, offset into the range, bytes in this page) and unmaps
-    /// it, with interrupts masked from map to unmap (the CPU index is read there too, so a
-    /// kernel that migrates between pages uses each CPU's own slot). No cache maintenance: the
-    /// caller makes one pass over everything it wrote. The caller has checked the range and the
-    /// CPU, and holds the pool's `records`, so no frame behind it can be freed and reused
-    /// meanwhile.
-    fn store_through_alias(
-        &self,
-        records: &Records<'_, P>,
-        (checked_cpu, checked_slot): (usize, (u64, *mut u64)),
         dst: u64,
         len: usize,
         mut write: impl FnMut(*mut u8, usize, usize),
+    ) -> Result<(), PokeError> {
+        let records = self.pool.read();
+        let plan = self
+            .maintenance_plan()
+            .ok_or(PokeError::NotExecMemory { addr: dst })?;
+        let end = dst + len as u64;
+        if dst / PAGE_SIZE == (end - 1) / PAGE_SIZE {
+            let pa = exec_pa(&records, dst).ok_or(PokeError::NotExecMemory { addr: dst })?;
+            let alias = self.this_cpu_alias(&records)?;
+            self.store_in_page(&records, alias, pa, |page| {
+                write((page + dst % PAGE_SIZE) as *mut u8, 0, len);
+            });
+        } else {
+            check_mapped(&records, dst, len)?;
+            let alias = self.this_cpu_alias(&records)?;
+            let mut offset = 0;
+            while offset < len {
+                let at = dst + offset as u64;
+                let in_page = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(len - offset);
+                let Some(pa) = exec_pa(&records, at) else {
+                    // Checked above under the same records; never reached.
+                    break;
+                };
+                self.store_in_page(&records, alias, pa, |page| {
+                    write((page + at % PAGE_SIZE) as *mut u8, offset, in_page);
+                });
+                offset += in_page;
+            }
+        }
+        complete_alias_stores();
+        cache::sync_code(plan, dst, end);
+        Ok(())
+    }
+
+    /// Maps the page holding physical address `pa` at this CPU's poke slot (RW, execute-never,
+    /// in its own view only), lets `store` write through it (given the slot's VA, the start of
+    /// the page), and unmaps it with the local invalidation, `DSB NSHST; TLBI VAALE1` (or
+    /// `VALE2`)`; DSB NSH; ISB` (Arm ARM D8.16: with TTBR.CnP = 0 no other PE holds this view's
+    /// entries, so no broadcast is needed). No cache maintenance: the caller makes one pass over
+    /// everything it wrote, after [`complete_alias_stores`].
+    ///
+    /// `_records` is held: no frame behind the range can be unmapped and reused meanwhile, and
+    /// interrupts are masked from before the map until after the unmap, so nothing else runs on
+    /// this CPU and sees the alias, and a preemption never leaves it behind.
+    #[inline(always)]
+    fn store_in_page(
+        &self,
+        _records: &Records<'_, P>,
+        alias: Alias,
+        pa: u64,
+        store: impl FnOnce(u64),
     ) {
         // The slot is in this CPU's own view: its TLB alone can hold the alias.
         let mut tlb = LocalTlb::<P::Regime>::new();
-        let mut offset = 0;
-        while offset < len {
-            let at = dst + offset as u64;
-            let in_page = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(len - offset);
-            let Some(pa) = self.patch_pa(records, at) else {
-                // Checked by the caller under the same records; never reached.
-                return;
-            };
-            let Ok(alias) = P::Regime::page_descriptor(pa & !(PAGE_SIZE - 1), Role::PokeAlias)
-            else {
-                // Frames are page-aligned memory below 2^48 (checked when taken); never reached.
-                return;
-            };
-            // Interrupts stay masked while the writable alias exists: nothing else runs on this
-            // CPU and sees it, and the alias is never left behind by a preemption.
-            let saved = P::mask_interrupts();
-            let cpu = P::cpu_index();
-            let found = if cpu == checked_cpu {
-                Some(checked_slot)
-            } else {
-                self.slot_entry(cpu)
-            };
-            let Some((slot, entry)) = found else {
-                // The caller checked the CPU it started on; a platform whose CPU index leaves
-                // the configured range midway is refused here.
-                P::restore_interrupts(saved);
-                return;
-            };
-            // SAFETY: `entry` is this CPU's reserved, invalid fixmap L3 entry in its own view
-            // (made at init, never freed); only this CPU writes it, with interrupts masked.
-            unsafe { entry.write_volatile(alias) };
-            tlb.publish();
-            write((slot + at % PAGE_SIZE) as *mut u8, offset, in_page);
-            // SAFETY: as above; the alias is removed before interrupts are unmasked.
-            unsafe { entry.write_volatile(0) };
-            // Local: no other CPU walks this view (and CnP = 0), so no other TLB holds the alias.
-            tlb.invalidate_va(slot, 3);
-            P::restore_interrupts(saved);
-            self.alias_maps.fetch_add(1, Ordering::Relaxed);
-            offset += in_page;
-        }
-        // The local teardown's `DSB NSH` completes the stores for this CPU only: before the
-        // maintenance by the exec VA (another VA of the same memory, B2.4.4), complete them to the
-        // inner shareable domain, as the broadcast teardown's `DSB ISH` used to.
-        aarch64_cpu::asm::barrier::dsb(aarch64_cpu::asm::barrier::ISH);
+        // SAFETY: `alias.entry` is this CPU's reserved, invalid fixmap L3 entry in its own view
+        // (made at init, never freed); only this CPU writes it, with interrupts masked. The
+        // descriptor is the poke alias's attributes with the page's PA (a frame of the pool or
+        // the patchable text: page-aligned memory below 2^48, checked when taken).
+        unsafe {
+            alias
+                .entry
+                .write_volatile(alias.attributes | (pa & !(PAGE_SIZE - 1)))
+        };
+        tlb.publish();
+        store(alias.va);
+        // SAFETY: as above; the alias is removed before interrupts are unmasked.
+        unsafe { alias.entry.write_volatile(0) };
+        // Local: no other CPU walks this view (and CnP = 0), so no other TLB holds the alias.
+        tlb.invalidate_va(alias.va, 3);
+        // Only this CPU writes its count, with interrupts masked: no read-modify-write needed.
+        let maps = &self.per_cpu[alias.cpu].alias_maps;
+        maps.store(maps.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
+}
+
+/// This CPU's poke slot for one poke: its VA (the same on every CPU), its level-3 entry in this
+/// CPU's own view, and the alias descriptor without its output address.
+#[derive(Clone, Copy)]
+struct Alias {
+    cpu: usize,
+    va: u64,
+    entry: *mut u64,
+    attributes: u64,
+}
+
+/// After the last alias of a write is torn down: the local teardown's `DSB NSH` completes the
+/// stores for this CPU only; before the maintenance by the exec VA (another VA of the same
+/// memory, B2.4.4) they are completed to the inner shareable domain, as a broadcast teardown's
+/// `DSB ISH` would.
+#[inline(always)]
+fn complete_alias_stores() {
+    aarch64_cpu::asm::barrier::dsb(aarch64_cpu::asm::barrier::ISH);
 }
 
 /// Refuses `[dst, dst + len)` (already checked against its region, so it does not wrap) unless

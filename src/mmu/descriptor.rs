@@ -893,6 +893,30 @@ mod tests {
         );
     }
 
+    /// The text poke builds its alias descriptor as the attributes of PA 0 ORed with the page's PA
+    /// (made once at init): that must be the descriptor itself, in every regime, for every
+    /// page-aligned PA the descriptor can hold.
+    #[test]
+    fn poke_alias_is_its_attributes_or_the_pa() {
+        fn check<R: Regime>() {
+            let attributes = R::page_descriptor(0, Role::PokeAlias).expect("PA 0");
+            let mut pa = 0x1000u64;
+            while pa < 1 << 48 {
+                for page in [pa, (1 << 48) - pa] {
+                    assert_eq!(
+                        R::page_descriptor(page, Role::PokeAlias),
+                        Ok(attributes | page),
+                        "{page:#x}"
+                    );
+                }
+                pa = (pa * 3 + 0x1000) & !0xfff;
+            }
+        }
+        check::<El1And0>();
+        check::<El2>();
+        check::<El2And0>();
+    }
+
     #[test]
     fn el2_encodes_its_own_bits() {
         let pa = 0x4020_0000;

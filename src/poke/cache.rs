@@ -142,6 +142,22 @@ impl MaintenancePlan {
         }
     }
 
+    /// The smaller of the two line sizes, in bytes (each with the fallback of [`Self::d_line`]).
+    pub const fn min_line(&self) -> usize {
+        let (d, i) = (sane_line(self.d_line), sane_line(self.i_line));
+        if d < i { d } else { i }
+    }
+
+    /// Whether the bytes `[start, end)` are non-empty and lie in one line of both caches: then the
+    /// pass is one clean and one invalidate, by any address of the range (the Arm ARM's `DC CVAU`,
+    /// `DC CIVAC` and `IC IVAU` are "by VA": each acts on the line that holds the address, which
+    /// need not be aligned). An aligned instruction always is: every line is a power of two of at
+    /// least 4 bytes.
+    pub const fn within_one_line(&self, start: u64, end: u64) -> bool {
+        // Lines are powers of two: two addresses share a line when they differ only below it.
+        start < end && (start ^ (end - 1)) < self.min_line() as u64
+    }
+
     /// The barrier after the data-side step: `DSB ISH` after a clean, `DSB ISHST` when it is skipped.
     pub const fn after_clean(&self) -> Barrier {
         match self.clean {
@@ -352,6 +368,60 @@ mod tests {
                 .len(),
             66
         );
+    }
+
+    #[test]
+    fn one_line_ranges() {
+        let plan = a72();
+        assert_eq!(plan.min_line(), 64);
+        assert!(plan.within_one_line(0x4020_1000, 0x4020_1004));
+        assert!(plan.within_one_line(0x4020_103c, 0x4020_1040));
+        assert!(plan.within_one_line(0x4020_1000, 0x4020_1040));
+        assert!(
+            !plan.within_one_line(0x4020_103c, 0x4020_1044),
+            "crosses a line"
+        );
+        assert!(
+            !plan.within_one_line(0x4020_0ffc, 0x4020_1004),
+            "crosses a page"
+        );
+        assert!(!plan.within_one_line(0x4020_1000, 0x4020_1000), "empty");
+        assert!(
+            !plan.within_one_line(0x4020_1004, 0x4020_1000),
+            "end before start"
+        );
+        // The smaller line decides: 32-byte I-lines beside 64-byte D-lines.
+        let mixed = MaintenancePlan { i_line: 32, ..plan };
+        assert_eq!(mixed.min_line(), 32);
+        assert!(!mixed.within_one_line(0x4020_101c, 0x4020_1024));
+        assert!(mixed.within_one_line(0x4020_1020, 0x4020_1040));
+        // A nonsense line falls back to 4 bytes: one aligned word is still one line.
+        let odd = MaintenancePlan { d_line: 0, ..plan };
+        assert_eq!(odd.min_line(), 4);
+        assert!(odd.within_one_line(0x1000, 0x1004));
+        assert!(!odd.within_one_line(0x1000, 0x1008));
+    }
+
+    proptest! {
+        #[test]
+        fn one_line_exactly_when_the_pass_touches_one_line(
+            start in 0u64..(1 << 48),
+            len in 0u64..600,
+            d_log2 in 0u32..7,
+            i_log2 in 0u32..7,
+        ) {
+            let cache = CacheType {
+                i_line: 4 << i_log2,
+                d_line: 4 << d_log2,
+                idc: false,
+                dic: false,
+            };
+            let plan = MaintenancePlan::new(cache, A72);
+            let end = start + len;
+            let one = plan.dcache_lines(start, end).len() == 1
+                && plan.icache_lines(start, end).len() == 1;
+            prop_assert_eq!(plan.within_one_line(start, end), one);
+        }
     }
 
     #[test]

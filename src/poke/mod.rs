@@ -21,14 +21,16 @@
 //!    (TTBR.CnP = 0: TLB entries are private to the PE that walked them, Arm ARM D8.16). On cores
 //!    where a TLBI can complete before earlier writes are observed (Cortex-A76 #1286807, A55
 //!    #2441007, A510 #2441009) the `TLBI; DSB` pair is issued twice, as Linux does for every TLBI.
-//!    Then restore the IRQ mask. Steps 2–4 repeat page by page for a range that crosses pages; after
-//!    the last page one `DSB ISH` completes every store to the inner shareable domain before the
-//!    maintenance, which cleans by the exec VA, another VA of the same memory (with the broadcast
-//!    TLBI of Linux's fixmap, its `DSB ISH` does this).
+//!    Steps 2–4 repeat page by page for a range that crosses pages (IRQs stay masked for the whole
+//!    write, and the CPU and its slot are read once, under the mask); after the last page one
+//!    `DSB ISH` completes every store to the inner shareable domain before the maintenance, which
+//!    cleans by the exec VA, another VA of the same memory (with the broadcast TLBI of Linux's
+//!    fixmap, its `DSB ISH` does this).
 //! 5. **Make it visible, once.** One cache-maintenance pass over the whole written range, by exec VA,
 //!    as the [`MaintenancePlan`] decides (Arm ARM B2.4.4): `DC CVAU` per D-cache line, `DSB ISH`,
 //!    `IC IVAU` per I-cache line, `DSB ISH`, `ISB`. `DC CIVAC` on Cortex-A53; steps dropped when
-//!    CTR_EL0.IDC/DIC allow it. Never one pass per instruction: the barriers dominate, and a
+//!    CTR_EL0.IDC/DIC allow it; bytes within one line of both caches (one instruction) get one of
+//!    each and no loop. Never one pass per instruction: the barriers dominate, and a
 //!    per-instruction loop is what made Linux's BPF `test_tag` take minutes instead of seconds.
 //!
 //! `IC IVAU` reaches every CPU of the inner shareable domain, but each CPU that will run the new code

@@ -73,6 +73,54 @@ pub fn sync_code_range(plan: &MaintenancePlan, start: u64, end: u64) {
     unsafe { asm!("isb", options(nostack, preserves_flags)) };
 }
 
+/// [`sync_code_range`] for bytes that lie in one line of both caches
+/// ([`MaintenancePlan::within_one_line`]: one instruction, or a small copy), by any address
+/// `addr` of them: the same B2.4.4 sequence with one line on each side and no loop, which is
+/// most of what a one-instruction poke costs otherwise (the line arithmetic of the generic pass).
+/// `DC CVAU` (`DC CIVAC` on Cortex-A53) and `IC IVAU` act on the line that holds `addr`, which
+/// need not be aligned. Not inlined, like the range pass, so a test can check its order in the
+/// image (`sync_code_line` in its symbol name).
+#[inline(never)]
+pub fn sync_code_line(plan: &MaintenancePlan, addr: u64) {
+    match plan.clean {
+        // SAFETY: a barrier only (IDC = 1: the stores need only be complete).
+        Clean::Skip => unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) },
+        // SAFETY: cleans the line holding `addr` to the point of unification, then waits for it
+        // in the inner shareable domain; `addr` is in a readable mapping (the caller's exec
+        // range), so it cannot fault.
+        Clean::Cvau => unsafe {
+            asm!("dc cvau, {addr}", "dsb ish", addr = in(reg) addr, options(nostack, preserves_flags))
+        },
+        // SAFETY: as above, clean + invalidate to the point of coherency (the Cortex-A53 errata
+        // workaround); needs only read permission; no data is lost.
+        Clean::Civac => unsafe {
+            asm!("dc civac, {addr}", "dsb ish", addr = in(reg) addr, options(nostack, preserves_flags))
+        },
+    }
+    if plan.invalidate_icache {
+        // SAFETY: invalidates the instruction-cache line holding `addr` to the point of
+        // unification on every CPU of the inner shareable domain, waits for it, and refetches
+        // on this CPU; it changes no data.
+        unsafe {
+            asm!("ic ivau, {addr}", "dsb ish", "isb", addr = in(reg) addr, options(nostack, preserves_flags))
+        };
+    } else {
+        // SAFETY: a context synchronisation event only (DIC = 1).
+        unsafe { asm!("isb", options(nostack, preserves_flags)) };
+    }
+}
+
+/// Either pass, whichever `[start, end)` needs: [`sync_code_line`] for bytes in one line,
+/// [`sync_code_range`] otherwise.
+#[inline]
+pub fn sync_code(plan: &MaintenancePlan, start: u64, end: u64) {
+    if plan.within_one_line(start, end) {
+        sync_code_line(plan, start);
+    } else {
+        sync_code_range(plan, start, end);
+    }
+}
+
 /// Cleans the data-cache lines of `[start, end)` to the point of unification (`DC CVAU`, or
 /// `DC CIVAC` on Cortex-A53), then `DSB ISH`; with CTR_EL0.IDC = 1 only the `DSB ISHST`. Used after
 /// filling a fresh pack through its writable alias, before the frame is mapped executable.
