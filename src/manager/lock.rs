@@ -65,10 +65,10 @@ impl<P: Platform, T> IrqMutex<P, T> {
 #[derive(Clone, Copy)]
 pub(super) struct Masked<'a>(PhantomData<&'a ()>);
 
-impl<P: Platform, T> IrqReadGuard<'_, P, T> {
-    /// Interrupts stay masked while this guard is held.
-    pub(super) fn masked(&self) -> Masked<'_> {
-        Masked(PhantomData)
+impl Masked<'_> {
+    /// Only for a guard that masks interrupts while it is held, borrowed for the lifetime.
+    pub(super) const fn new() -> Self {
+        Self(PhantomData)
     }
 }
 

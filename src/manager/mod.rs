@@ -67,6 +67,7 @@ use spin::Once;
 
 use lock::{IrqMutex, IrqRwLock};
 
+use crate::sync::gate::Gate;
 use crate::sync::released::{Queue, ReleaseQueue};
 
 use crate::arch::aarch64::mmu::BroadcastTlb;
@@ -358,8 +359,14 @@ pub struct ExecManager<P: Platform> {
     hot: Hot,
     /// The kernel's tables, adopted: the manager maps packs and the fill block through them.
     tables: IrqMutex<P, Option<KernelSpace<P>>>,
-    /// Frames and the pack → frame records.
+    /// Frames and which packs are the public `map_pack`'s; its write lock serialises maps,
+    /// unmaps and audits (and closing the poke gate).
     pool: IrqRwLock<P, Option<Pool<P::Frames>>>,
+    /// The frame behind each pack, read by pokes without a lock.
+    packs: pool::PackTable,
+    /// Every poke is inside it on its CPU while it uses a frame it found in `packs`; an unmap or
+    /// an audit closes it ([`crate::sync::gate`]).
+    gate: Gate<MAX_CPUS>,
     /// What each CPU's pokes use, by CPU index.
     per_cpu: [PerCpu; MAX_CPUS],
     /// Packs the allocator released, unmapped once its lock is dropped.
@@ -367,9 +374,9 @@ pub struct ExecManager<P: Platform> {
     /// Set after a pack is queued in `released`, cleared by whoever then drains it: a call that
     /// finds it clear (every fast-path one) skips the queue's lock.
     released_pending: AtomicBool,
-    /// Serialises patches of live code (Linux `text_mutex`): the read, compare and store of a
-    /// [`ExecManager::patch_insn`] against every other patch. Taken only inside the pool's
-    /// records (read), whose guard masks interrupts (lock order: records, then this one).
+    /// Serialises batch patches of live code (Linux `text_mutex`; a [`ExecManager::patch_insn`]
+    /// is one atomic exchange and needs none). Taken only inside the poke gate, whose guard
+    /// masks interrupts.
     patch_lock: IrqMutex<P, ()>,
     /// The slot allocator behind the per-CPU magazines.
     allocator: Once<Slots<P>>,
@@ -408,6 +415,8 @@ impl<P: Platform> ExecManager<P> {
             },
             tables: IrqMutex::new(None),
             pool: IrqRwLock::new(None),
+            packs: pool::PackTable::new(),
+            gate: Gate::new(),
             per_cpu: [const { PerCpu::new() }; MAX_CPUS],
             released: ReleaseQueue::new(IrqMutex::new(Queue::new())),
             released_pending: AtomicBool::new(false),
@@ -743,10 +752,8 @@ impl<P: Platform> ExecManager<P> {
 
     /// The mapped packs with their frames, as the pool records them.
     pub fn mapped_packs(&self) -> alloc::vec::Vec<PackFrame> {
-        self.pool
-            .read()
-            .as_ref()
-            .map_or_else(alloc::vec::Vec::new, Pool::pack_frames)
+        let _records = self.pool.read();
+        self.pack_frames()
     }
 
     /// Audits the live tables (the hardware's root for this regime) against the W^X and

@@ -7,16 +7,21 @@
 //! tables per CPU"), so no other CPU can walk it and the unmap is a local invalidation
 //! (`TLBI VAALE1` / `VALE2`, `DSB NSH`). Then one cache-maintenance pass over the whole range
 //! makes the new code visible to instruction fetch (see `arch::aarch64::cache`).
+//!
+//! What keeps the physical page the one behind the exec address until the poke is done: the poke
+//! is inside the poke gate on its CPU ([`crate::sync::gate`], a per-CPU flag and a fence, with
+//! interrupts masked) from before it looks the page up in the pack table until after its
+//! maintenance, and an unmap (or an audit) closes the gate, waiting for every poke inside,
+//! before the pack goes. Patches of live code also hold the patch lock, inside the gate.
 
 use core::ptr;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU32, Ordering};
 
-use super::pool::{Records, exec_pa};
 use super::{ExecManager, Platform};
 use crate::arch::aarch64::{cache, mmu::LocalTlb};
 use crate::layout::Region;
 use crate::mmu::{BLOCK_SIZE_2M, PAGE_SIZE, TlbMaintenance};
-use crate::poke::{self, ExecRegion, INSN_BYTES, PokeError};
+use crate::poke::{self, ExecRegion, INSN_BYTES, MaintenancePlan, PokeError};
 
 impl<P: Platform> ExecManager<P> {
     /// How many 4 KiB alias mappings all pokes so far have made (the sum of every CPU's count).
@@ -81,10 +86,20 @@ impl<P: Platform> ExecManager<P> {
         Ok(())
     }
 
-    /// The PA behind `va` for a patch: in a mapped pack (the held `records`), or in the kernel
-    /// text opened to patching.
-    fn patch_pa(&self, records: &Records<'_, P>, va: u64) -> Option<u64> {
-        exec_pa(records, va).or_else(|| {
+    /// The PA behind exec address `va`, if its pack is mapped (from the pack table: inside the
+    /// poke gate, or with the pool's lock, the pack stays mapped while it is used).
+    #[inline]
+    pub(super) fn pack_pa(&self, va: u64) -> Option<u64> {
+        let start = self.hot.pool_start.load(Ordering::Relaxed);
+        let size = self.hot.pool_end.load(Ordering::Relaxed) - start;
+        self.packs.pa(va.wrapping_sub(start), size)
+    }
+
+    /// The PA behind `va` for a patch: in a mapped pack, or in the kernel text opened to
+    /// patching.
+    #[inline]
+    fn patch_pa(&self, va: u64) -> Option<u64> {
+        self.pack_pa(va).or_else(|| {
             let start = self.hot.text_start.load(Ordering::Acquire);
             let end = self.hot.text_end.load(Ordering::Acquire);
             (start != 0 && (start..end).contains(&va))
@@ -93,17 +108,18 @@ impl<P: Platform> ExecManager<P> {
     }
 
     /// The instruction at `addr` (aligned, in a mapped pack or the patchable kernel text).
-    fn read_patchable(&self, records: &Records<'_, P>, addr: u64) -> Result<u32, PokeError> {
+    /// The caller holds the pool's lock (or is inside the poke gate).
+    fn read_patchable(&self, addr: u64) -> Result<u32, PokeError> {
         poke::check_insn_aligned(addr)?;
-        self.patch_pa(records, addr)
+        self.patch_pa(addr)
             .ok_or(PokeError::NotExecMemory { addr })?;
-        // SAFETY: `addr` is aligned and inside a mapped pack (which cannot be unmapped while
-        // `records` is held) or the kernel text opened to patching: RO + X, readable.
+        // SAFETY: `addr` is aligned and inside a mapped pack (which cannot be unmapped while the
+        // caller holds the pool's lock) or the kernel text opened to patching: RO + X, readable.
         Ok(unsafe { ptr::read_volatile(addr as *const u32) })
     }
 
     /// The pack position of the pool window holding `dst` (address arithmetic only; whether it
-    /// is mapped is checked once, under the pool's records lock, by the write itself).
+    /// is mapped is checked once, inside the poke gate, by the write itself).
     fn pack_of(&self, dst: u64) -> Result<ExecRegion, PokeError> {
         let pool_start = self.hot.pool_start.load(Ordering::Relaxed);
         let pool_end = self.hot.pool_end.load(Ordering::Relaxed);
@@ -207,7 +223,8 @@ impl<P: Platform> ExecManager<P> {
     /// Reads the instruction at exec address `addr` (exec memory is readable), or in the kernel
     /// text opened to patching.
     pub fn read_insn(&self, addr: u64) -> Result<u32, PokeError> {
-        self.read_patchable(&self.pool.read(), addr)
+        let _records = self.pool.read();
+        self.read_patchable(addr)
     }
 
     /// Replaces one instruction in code that may be running on other CPUs: a single aligned
@@ -220,33 +237,51 @@ impl<P: Platform> ExecManager<P> {
     /// [`ExecManager::publish`] makes that every CPU's present.
     pub fn patch_insn(&self, addr: u64, expected_old: u32, new: u32) -> Result<(), PokeError> {
         poke::check_insn_aligned(addr)?;
-        // The records keep the page's frame from being unmapped and reused and mask interrupts;
-        // under their mask, the patch lock makes read, compare and store one step against every
-        // other patcher of the same text (without masking again).
-        let records = self.pool.read();
-        let _patching = self.patch_lock.lock_masked(records.masked());
+        // Inside the poke gate the page's frame is not unmapped and reused, and interrupts are
+        // masked.
+        let inside = self.enter_poke()?;
         let pa = self
-            .patch_pa(&records, addr)
+            .patch_pa(addr)
             .ok_or(PokeError::NotExecMemory { addr })?;
-        // SAFETY: `addr` is aligned and inside a mapped pack (which cannot be unmapped while
-        // `records` is held) or the kernel text opened to patching: RO + X, readable.
-        let found = unsafe { ptr::read_volatile(addr as *const u32) };
-        poke::check_old(addr, expected_old, found)?;
-        poke::check_pair(found, new)?;
-        let alias = self.this_cpu_alias(&records)?;
-        let plan = self
-            .maintenance_plan()
-            .ok_or(PokeError::NotExecMemory { addr })?;
-        let passes = if P::store_code_twice() { 2 } else { 1 };
-        for _ in 0..passes {
-            self.store_in_page(&records, alias, pa, |page| {
-                // SAFETY: one aligned 32-bit store into the alias page (the CMODX
-                // single-copy-atomic write): `page` maps the page of `pa`, and `addr`'s offset in
-                // its page is that of `pa`.
-                unsafe { ((page + addr % PAGE_SIZE) as *mut u32).write_volatile(new) };
+        if !(poke::is_cmodx(expected_old) && poke::is_cmodx(new)) {
+            // Refused either way; the comparison's answer first, as when both are CMODX.
+            // SAFETY: `addr` is aligned and inside a mapped pack (which cannot be unmapped while
+            // this CPU is inside the gate) or the kernel text opened to patching: RO + X,
+            // readable.
+            let found = unsafe { ptr::read_volatile(addr as *const u32) };
+            poke::check_old(addr, expected_old, found)?;
+            return poke::check_pair(found, new);
+        }
+        let plan = self.plan_inside(&inside);
+        // Compare and store are one single-copy-atomic 32-bit exchange through the alias
+        // (LDXR/STXR on the word's physical address, Normal inner-shareable memory: the global
+        // exclusive monitor of Arm ARM B2.9), so against every other patcher of the word on any
+        // CPU the read, the compare and the write are one step, as Linux's `text_mutex` makes
+        // them; the store is the CMODX single aligned 32-bit write (B2.2.5). A batch patch stops
+        // this CPU only outside a patch (its interrupts are masked throughout).
+        let exchange = |expected: u32| {
+            move |page: u64| {
+                // SAFETY: `page` maps the page of `pa` RW for this CPU alone, and `addr`'s
+                // offset in its page is that of `pa`: an aligned word of normal memory.
+                let word = unsafe { &*((page + addr % PAGE_SIZE) as *const AtomicU32) };
+                word.compare_exchange(expected, new, Ordering::Relaxed, Ordering::Relaxed)
+            }
+        };
+        let swapped = self.store_in_page(&inside, pa, exchange(expected_old));
+        if let Err(found) = swapped {
+            return Err(PokeError::OldMismatch {
+                addr,
+                expected: expected_old,
+                found,
             });
+        }
+        complete_alias_stores();
+        // An aligned instruction lies in one line of both caches.
+        cache::sync_code_line(plan, addr);
+        if P::store_code_twice() {
+            // The same word again, unless another patch changed it since (which stored it).
+            let _ = self.store_in_page(&inside, pa, exchange(new));
             complete_alias_stores();
-            // An aligned instruction lies in one line of both caches.
             cache::sync_code_line(plan, addr);
         }
         Ok(())
@@ -259,17 +294,14 @@ impl<P: Platform> ExecManager<P> {
     /// of neighbouring instructions.
     pub fn patch_batch(&self, patches: &[(u64, u32)]) -> Result<(), PokeError> {
         // Every lookup and lock before the others stop: a stopped CPU may hold anything else.
-        let records = self.pool.read();
-        let _patching = self.patch_lock.lock_masked(records.masked());
+        let inside = self.enter_poke()?;
+        let _patching = self.patch_lock.lock_masked(inside.masked());
         for &(addr, _) in patches {
             poke::check_insn_aligned(addr)?;
-            self.patch_pa(&records, addr)
+            self.patch_pa(addr)
                 .ok_or(PokeError::NotExecMemory { addr })?;
         }
-        let plan = self
-            .maintenance_plan()
-            .ok_or(PokeError::NotExecMemory { addr: 0 })?;
-        self.this_cpu_alias(&records)?;
+        let plan = self.plan_inside(&inside);
         // The written instructions, sorted, as ranges that merge neighbours less than a page
         // apart: one maintenance pass per range, not per instruction.
         let mut ranges: alloc::vec::Vec<(u64, u64)> = patches
@@ -288,21 +320,20 @@ impl<P: Platform> ExecManager<P> {
         let passes = if P::store_code_twice() { 2 } else { 1 };
         let mut refused = None;
         P::stop_others_and_run(&mut || {
-            // The CPU `change` runs on (the platform runs it on this one; read again, masked).
-            let alias = match self.this_cpu_alias(&records) {
-                Ok(alias) => alias,
-                Err(e) => {
-                    refused = Some(e);
-                    return;
-                }
-            };
+            // `change` runs on this CPU, whose slot `inside` holds: anywhere else it is refused.
+            if P::cpu_index() != inside.alias.cpu {
+                refused = Some(PokeError::NoPokeSlot {
+                    cpu: P::cpu_index(),
+                });
+                return;
+            }
             for _ in 0..passes {
                 for &(addr, new) in patches {
-                    let Some(pa) = self.patch_pa(&records, addr) else {
-                        // Checked above under the same records; never reached.
+                    let Some(pa) = self.patch_pa(addr) else {
+                        // Checked above inside the same gate; never reached.
                         continue;
                     };
-                    self.store_in_page(&records, alias, pa, |page| {
+                    self.store_in_page(&inside, pa, |page| {
                         // SAFETY: one aligned 32-bit store into the alias page of `addr`; the
                         // others are stopped.
                         unsafe { ((page + addr % PAGE_SIZE) as *mut u32).write_volatile(new) };
@@ -318,26 +349,37 @@ impl<P: Platform> ExecManager<P> {
         refused.map_or(Ok(()), Err)
     }
 
-    /// This CPU's poke alias, or [`PokeError::NoPokeSlot`] for a CPU with none (an index at or
-    /// above [`super::Config::cpus`], or a CPU that has not entered its view), before anything is
-    /// written. `_records` proves interrupts masked: the CPU read here is the one the poke runs
-    /// on until the records are dropped.
-    fn this_cpu_alias(&self, _records: &Records<'_, P>) -> Result<Alias, PokeError> {
+    /// Enters the poke gate on this CPU, interrupts masked, with this CPU's poke alias, or
+    /// [`PokeError::NoPokeSlot`] for a CPU with none (an index at or above
+    /// [`super::Config::cpus`], or a CPU that has not entered its view), before anything is
+    /// written. Until the guard is dropped the CPU read here is the one the poke runs on, and no
+    /// pack it finds mapped is unmapped.
+    #[inline]
+    fn enter_poke(&self) -> Result<Inside<'_, P>, PokeError> {
+        let saved = P::mask_interrupts();
         let cpu = P::cpu_index();
         let entry = self
             .per_cpu
             .get(cpu)
             .map_or(ptr::null_mut(), |c| c.entry.load(Ordering::Acquire));
         if entry.is_null() {
+            P::restore_interrupts(saved);
             return Err(PokeError::NoPokeSlot { cpu });
         }
+        // A non-null entry means `cpu` < MAX_CPUS, the gate's size.
+        self.gate.enter(cpu, P::relax, || {});
         // Both were stored before `config`, whose Release the entry's store follows
         // (`switch_to_view`); the Acquire above makes them visible.
-        Ok(Alias {
+        let alias = Alias {
             cpu,
             va: self.hot.fixmap.load(Ordering::Relaxed),
             entry,
             attributes: self.hot.alias_attributes.load(Ordering::Relaxed),
+        };
+        Ok(Inside {
+            manager: self,
+            alias,
+            saved,
         })
     }
 
@@ -355,29 +397,27 @@ impl<P: Platform> ExecManager<P> {
         len: usize,
         mut write: impl FnMut(*mut u8, usize, usize),
     ) -> Result<(), PokeError> {
-        let records = self.pool.read();
-        let plan = self
-            .maintenance_plan()
-            .ok_or(PokeError::NotExecMemory { addr: dst })?;
+        let inside = self.enter_poke()?;
+        let plan = self.plan_inside(&inside);
         let end = dst + len as u64;
         if dst / PAGE_SIZE == (end - 1) / PAGE_SIZE {
-            let pa = exec_pa(&records, dst).ok_or(PokeError::NotExecMemory { addr: dst })?;
-            let alias = self.this_cpu_alias(&records)?;
-            self.store_in_page(&records, alias, pa, |page| {
+            let pa = self
+                .pack_pa(dst)
+                .ok_or(PokeError::NotExecMemory { addr: dst })?;
+            self.store_in_page(&inside, pa, |page| {
                 write((page + dst % PAGE_SIZE) as *mut u8, 0, len);
             });
         } else {
-            check_mapped(&records, dst, len)?;
-            let alias = self.this_cpu_alias(&records)?;
+            self.check_mapped(dst, len)?;
             let mut offset = 0;
             while offset < len {
                 let at = dst + offset as u64;
                 let in_page = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(len - offset);
-                let Some(pa) = exec_pa(&records, at) else {
-                    // Checked above under the same records; never reached.
+                let Some(pa) = self.pack_pa(at) else {
+                    // Checked above inside the same gate; never reached.
                     break;
                 };
-                self.store_in_page(&records, alias, pa, |page| {
+                self.store_in_page(&inside, pa, |page| {
                     write((page + at % PAGE_SIZE) as *mut u8, offset, in_page);
                 });
                 offset += in_page;
@@ -388,6 +428,22 @@ impl<P: Platform> ExecManager<P> {
         Ok(())
     }
 
+    /// Refuses `[dst, dst + len)` (already checked against its region, so it does not wrap)
+    /// unless every pack it touches is mapped (the caller is inside the poke gate): a region the
+    /// caller built may span packs (a large slot) or reach past the pool, and nothing is written
+    /// unless all of it is exec memory.
+    fn check_mapped(&self, dst: u64, len: usize) -> Result<(), PokeError> {
+        let end = dst.saturating_add(len as u64);
+        let mut at = dst;
+        while at < end {
+            self.pack_pa(at)
+                .ok_or(PokeError::NotExecMemory { addr: at })?;
+            // The next pack (the pool window is 2 MiB aligned).
+            at = (at | (BLOCK_SIZE_2M - 1)).saturating_add(1);
+        }
+        Ok(())
+    }
+
     /// Maps the page holding physical address `pa` at this CPU's poke slot (RW, execute-never,
     /// in its own view only), lets `store` write through it (given the slot's VA, the start of
     /// the page), and unmaps it with the local invalidation, `DSB NSHST; TLBI VAALE1` (or
@@ -395,17 +451,12 @@ impl<P: Platform> ExecManager<P> {
     /// entries, so no broadcast is needed). No cache maintenance: the caller makes one pass over
     /// everything it wrote, after [`complete_alias_stores`].
     ///
-    /// `_records` is held: no frame behind the range can be unmapped and reused meanwhile, and
-    /// interrupts are masked from before the map until after the unmap, so nothing else runs on
-    /// this CPU and sees the alias, and a preemption never leaves it behind.
+    /// `inside`: no frame behind the range can be unmapped and reused meanwhile, and interrupts
+    /// are masked from before the map until after the unmap, so nothing else runs on this CPU
+    /// and sees the alias, and a preemption never leaves it behind.
     #[inline(always)]
-    fn store_in_page(
-        &self,
-        _records: &Records<'_, P>,
-        alias: Alias,
-        pa: u64,
-        store: impl FnOnce(u64),
-    ) {
+    fn store_in_page<R>(&self, inside: &Inside<'_, P>, pa: u64, store: impl FnOnce(u64) -> R) -> R {
+        let alias = inside.alias;
         // The slot is in this CPU's own view: its TLB alone can hold the alias.
         let mut tlb = LocalTlb::<P::Regime>::new();
         // SAFETY: `alias.entry` is this CPU's reserved, invalid fixmap L3 entry in its own view
@@ -418,7 +469,7 @@ impl<P: Platform> ExecManager<P> {
                 .write_volatile(alias.attributes | (pa & !(PAGE_SIZE - 1)))
         };
         tlb.publish();
-        store(alias.va);
+        let stored = store(alias.va);
         // SAFETY: as above; the alias is removed before interrupts are unmasked.
         unsafe { alias.entry.write_volatile(0) };
         // Local: no other CPU walks this view (and CnP = 0), so no other TLB holds the alias.
@@ -426,6 +477,38 @@ impl<P: Platform> ExecManager<P> {
         // Only this CPU writes its count, with interrupts masked: no read-modify-write needed.
         let maps = &self.per_cpu[alias.cpu].alias_maps;
         maps.store(maps.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        stored
+    }
+
+    /// The maintenance plan, for a poke inside the gate: `config` is set by then (a CPU's entry
+    /// is stored only after `config`, and [`Self::enter_poke`] read it with Acquire).
+    #[inline]
+    fn plan_inside(&self, _inside: &Inside<'_, P>) -> &MaintenancePlan {
+        // SAFETY: `switch_to_view` stores the entry `enter_poke` found (Release) only after
+        // `self.config.get()` returned `Some`; `Once` is never reset.
+        unsafe { &self.config.get_unchecked().maintenance }
+    }
+}
+
+/// Inside the poke gate on this CPU with interrupts masked ([`ExecManager::enter_poke`]):
+/// leaves and restores them when dropped.
+struct Inside<'a, P: Platform> {
+    manager: &'a ExecManager<P>,
+    alias: Alias,
+    saved: u64,
+}
+
+impl<P: Platform> Inside<'_, P> {
+    /// Interrupts stay masked while this guard is held.
+    fn masked(&self) -> super::lock::Masked<'_> {
+        super::lock::Masked::new()
+    }
+}
+
+impl<P: Platform> Drop for Inside<'_, P> {
+    fn drop(&mut self) {
+        self.manager.gate.leave(self.alias.cpu);
+        P::restore_interrupts(self.saved);
     }
 }
 
@@ -446,22 +529,4 @@ struct Alias {
 #[inline(always)]
 fn complete_alias_stores() {
     aarch64_cpu::asm::barrier::dsb(aarch64_cpu::asm::barrier::ISH);
-}
-
-/// Refuses `[dst, dst + len)` (already checked against its region, so it does not wrap) unless
-/// every pack it touches is mapped in the held `records`: a region the caller built may span packs
-/// (a large slot) or reach past the pool, and nothing is written unless all of it is exec memory.
-fn check_mapped<F: super::PackFrames>(
-    records: &Option<super::pool::Pool<F>>,
-    dst: u64,
-    len: usize,
-) -> Result<(), PokeError> {
-    let end = dst.saturating_add(len as u64);
-    let mut at = dst;
-    while at < end {
-        exec_pa(records, at).ok_or(PokeError::NotExecMemory { addr: at })?;
-        // The next pack (the pool window is 2 MiB aligned).
-        at = (at | (BLOCK_SIZE_2M - 1)).saturating_add(1);
-    }
-    Ok(())
 }

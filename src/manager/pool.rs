@@ -9,6 +9,7 @@
 
 use alloc::vec::Vec;
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Config, ExecManager, MAX_PACKS, PackFrames, Platform};
 use crate::arch::aarch64::{cache, mmu as hw, mmu::BroadcastTlb, mmu::LocalTlb};
@@ -90,11 +91,10 @@ pub struct LiveAlias {
     pub pa: u64,
 }
 
-/// Frames and the pack → frame records.
+/// Frames and which packs are the public `map_pack`'s (the frame behind each pack is in the
+/// manager's [`PackTable`], which pokes read without this lock).
 pub(super) struct Pool<F> {
     frames: F,
-    /// The frame behind each pack of the window, by pack index.
-    packs: [Option<u64>; MAX_PACKS],
     /// The packs mapped with the public `map_pack` (outside the allocator), one bit each.
     direct: u64,
     /// The pool's VA window.
@@ -105,7 +105,6 @@ impl<F: PackFrames> Pool<F> {
     pub(super) fn new(frames: F, window: Region) -> Self {
         Self {
             frames,
-            packs: [None; MAX_PACKS],
             direct: 0,
             window,
         }
@@ -117,27 +116,53 @@ impl<F: PackFrames> Pool<F> {
         }
         Ok(((va - self.window.start) / BLOCK_SIZE_2M) as usize)
     }
+}
 
-    /// The physical address behind exec address `va`, if its pack is mapped.
-    pub(super) fn exec_pa(&self, va: u64) -> Option<u64> {
-        if !self.window.contains(va) {
-            return None;
+/// The frame behind each pack of the pool window, by pack index: `pa | MAPPED`, or 0 for a pack
+/// that is not mapped. Pokes read it inside the poke gate ([`crate::sync::gate`]), without the
+/// pool's lock: an entry is set (Release) once its pack is mapped, and cleared only by an unmap
+/// that holds the pool's lock and has closed the gate, so no poke is inside while its pack goes.
+pub(super) struct PackTable {
+    packs: [AtomicU64; MAX_PACKS],
+}
+
+/// Bit 0 of a [`PackTable`] entry: mapped (a frame is 2 MiB aligned, so its PA leaves it free).
+const MAPPED: u64 = 1;
+
+impl PackTable {
+    pub(super) const fn new() -> Self {
+        Self {
+            packs: [const { AtomicU64::new(0) }; MAX_PACKS],
         }
-        let offset = va - self.window.start;
-        let base = self.packs[(offset / BLOCK_SIZE_2M) as usize % MAX_PACKS]?;
-        Some(base + offset % BLOCK_SIZE_2M)
     }
 
-    /// The mapped packs and their frames.
-    pub(super) fn pack_frames(&self) -> Vec<PackFrame> {
-        (0..MAX_PACKS)
-            .filter_map(|i| {
-                self.packs[i].map(|pa| PackFrame {
-                    va: self.window.start + i as u64 * BLOCK_SIZE_2M,
-                    pa,
-                })
-            })
-            .collect()
+    /// The frame behind pack `index`, if mapped.
+    pub(super) fn frame(&self, index: usize) -> Option<u64> {
+        let entry = self.packs[index % MAX_PACKS].load(Ordering::Acquire);
+        (entry & MAPPED != 0).then_some(entry & !MAPPED)
+    }
+
+    /// The physical address behind `offset` bytes into the pool window, if its pack is mapped
+    /// (`size`: the window's). The poke's lookup: one compare, one load.
+    #[inline]
+    pub(super) fn pa(&self, offset: u64, size: u64) -> Option<u64> {
+        if offset >= size {
+            return None;
+        }
+        // Below MAX_PACKS: the window holds at most that many packs (checked at init).
+        let entry =
+            self.packs[(offset / BLOCK_SIZE_2M) as usize % MAX_PACKS].load(Ordering::Acquire);
+        (entry & MAPPED != 0).then_some((entry & !MAPPED) + offset % BLOCK_SIZE_2M)
+    }
+
+    /// Pack `index` is mapped to the frame at `pa` (the pool's lock held).
+    fn set(&self, index: usize, pa: u64) {
+        self.packs[index % MAX_PACKS].store(pa | MAPPED, Ordering::Release);
+    }
+
+    /// Pack `index` is no longer mapped (the pool's lock held, the poke gate closed).
+    fn clear(&self, index: usize) {
+        self.packs[index % MAX_PACKS].store(0, Ordering::Relaxed);
     }
 }
 
@@ -146,14 +171,13 @@ pub(crate) fn fill_block(config: &Config) -> u64 {
     config.fixmap.start + BLOCK_SIZE_2M
 }
 
-/// Records, read-locked: while a `Records` lives no pack can be unmapped or its frame reused, so
-/// a physical address looked up through it stays the one behind the exec address.
-pub(super) type Records<'a, P> =
-    super::lock::IrqReadGuard<'a, P, Option<Pool<<P as super::Platform>::Frames>>>;
+/// The poke gate closed (by a CPU that holds the pool's lock), opened again when dropped.
+pub(super) struct Closed<'a>(&'a crate::sync::gate::Gate<{ super::MAX_CPUS }>);
 
-/// The physical address behind `va` in the held records.
-pub(super) fn exec_pa<F: PackFrames>(records: &Option<Pool<F>>, va: u64) -> Option<u64> {
-    records.as_ref()?.exec_pa(va)
+impl Drop for Closed<'_> {
+    fn drop(&mut self) {
+        self.0.open();
+    }
 }
 
 impl<P: Platform> ExecManager<P> {
@@ -177,7 +201,7 @@ impl<P: Platform> ExecManager<P> {
         let mut guard = self.pool.write();
         let pool = guard.as_mut().ok_or(PoolError::Uninitialised)?;
         let index = pool.index(va)?;
-        if pool.packs[index].is_some() {
+        if self.packs.frame(index).is_some() {
             return Err(PoolError::AlreadyMapped(va));
         }
         let pa = pool.frames.alloc_frame().ok_or(PoolError::OutOfFrames)?;
@@ -189,7 +213,7 @@ impl<P: Platform> ExecManager<P> {
             pool.frames.free_frame(pa);
             return Err(e);
         }
-        pool.packs[index] = Some(pa);
+        self.packs.set(index, pa);
         if direct {
             pool.direct |= 1 << index;
         }
@@ -202,16 +226,41 @@ impl<P: Platform> ExecManager<P> {
         let mut guard = self.pool.write();
         let pool = guard.as_mut().ok_or(PoolError::Uninitialised)?;
         let index = pool.index(va)?;
-        let pa = pool.packs[index].ok_or(PoolError::NotMapped(va))?;
+        let pa = self.packs.frame(index).ok_or(PoolError::NotMapped(va))?;
         if (pool.direct & (1 << index) != 0) != direct {
             return Err(PoolError::OwnedByAllocator(va));
         }
+        // No poke is inside while the pack goes: each looked its page up in the table.
+        let closed = self.close_poke_gate();
         self.with_tables(|t| t.unmap(va, BLOCK_SIZE_2M, &mut BroadcastTlb::new()))?
             .map_err(PoolError::Map)?;
-        pool.packs[index] = None;
+        self.packs.clear(index);
+        drop(closed);
         pool.direct &= !(1 << index);
         pool.frames.free_frame(pa);
         Ok(())
+    }
+
+    /// Closes the poke gate (the caller holds the pool's lock, which serialises closers): returns
+    /// once no CPU is inside a poke, and keeps new pokes out until the guard is dropped.
+    pub(super) fn close_poke_gate(&self) -> Closed<'_> {
+        self.gate.close(P::relax);
+        Closed(&self.gate)
+    }
+
+    /// The mapped packs and their frames.
+    pub(super) fn pack_frames(&self) -> Vec<PackFrame> {
+        let Some(config) = self.config.get() else {
+            return Vec::new();
+        };
+        (0..MAX_PACKS)
+            .filter_map(|i| {
+                self.packs.frame(i).map(|pa| PackFrame {
+                    va: config.pool.start + i as u64 * BLOCK_SIZE_2M,
+                    pa,
+                })
+            })
+            .collect()
     }
 
     fn with_tables<T>(
@@ -284,7 +333,7 @@ impl<P: Platform> ExecManager<P> {
 
     /// The physical address behind exec address `va`, from the pool's own records (a snapshot).
     pub fn exec_pa(&self, va: u64) -> Option<u64> {
-        exec_pa(&self.pool.read(), va)
+        self.pack_pa(va)
     }
 
     /// The fixmap as every CPU's view holds it now, read without stopping any poke (for a check
@@ -374,14 +423,16 @@ impl<P: Platform> ExecManager<P> {
         let Some(config) = self.config.get() else {
             return Vec::new();
         };
-        // The write lock waits for every poke in flight on any CPU (each holds the records for
-        // reading while its alias exists), and keeps new ones out: no CPU's poke alias is valid
-        // while the tables are walked, so one is never mistaken for a leftover.
+        // The pool's lock keeps maps and unmaps out, and serialises closing the poke gate.
         let records = self.pool.write();
         let Some(pool) = records.as_ref() else {
             return Vec::new();
         };
-        let live = pool.pack_frames();
+        // The poke gate closed: every poke in flight on any CPU (inside it while its alias
+        // exists) is done, and no new one starts before the walk ends: no CPU's poke alias is
+        // valid while the tables are walked, so one is never mistaken for a leftover.
+        let _closed = self.close_poke_gate();
+        let live = self.pack_frames();
         let fixmap = config.fixmap.start..config.fixmap.end();
         let mut context = AuditContext {
             wxn: hw::wxn_enabled::<P::Regime>(),

@@ -823,18 +823,10 @@ where
         size: usize,
         record: &AtomicU16,
     ) -> Result<(), AllocError> {
-        let bytes = class_bytes(class);
-        if !cache.has_room(class, bytes) {
+        if !cache.has_room(class, class_bytes(class)) {
             return self.free_into_full(cache, chunk, class, size, record);
         }
-        if let Err(why) = self.fill.fill_brk(self.chunk_va(chunk), bytes) {
-            record.store(size as u16, Ordering::Relaxed);
-            return Err(AllocError::RefillFailed(why));
-        }
-        cache.push(class, chunk);
-        cache.slack -= (bytes - size) as i64;
-        cache.frees += 1;
-        Ok(())
+        self.fill_and_push(&mut cache, chunk, class, size, record)
     }
 
     /// [`Magazines::finish_free`] into a full magazine or a full budget: room first (the shared
@@ -853,6 +845,20 @@ where
             record.store(size as u16, Ordering::Relaxed);
             return Err(error);
         }
+        self.fill_and_push(&mut cache, chunk, class, size, record)
+    }
+
+    /// The slot's BRK fill and its push onto its class's stack, which has room; on a failed fill
+    /// the record is restored (the slot is still the user's) and nothing else changes.
+    #[inline(always)]
+    fn fill_and_push(
+        &self,
+        cache: &mut CpuMagazines,
+        chunk: u32,
+        class: usize,
+        size: usize,
+        record: &AtomicU16,
+    ) -> Result<(), AllocError> {
         let bytes = class_bytes(class);
         if let Err(why) = self.fill.fill_brk(self.chunk_va(chunk), bytes) {
             record.store(size as u16, Ordering::Relaxed);

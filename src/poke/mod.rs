@@ -49,7 +49,7 @@ pub mod insn;
 use core::fmt;
 
 pub use cache::{Barrier, Clean, Lines, MaintenancePlan};
-pub use cmodx::{CmodxInsn, check_pair};
+pub use cmodx::{CmodxInsn, check_pair, is_cmodx};
 pub use insn::INSN_BYTES;
 
 /// What an exec region passed to [`check_range`] is: the write must stay inside it.

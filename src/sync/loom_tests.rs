@@ -435,3 +435,73 @@ mod released {
         });
     }
 }
+
+mod gate {
+    //! The poke gate under the manager's discipline: pokers enter, look the pack up, write its
+    //! frame and leave; the unmapper closes, clears the pack's entry, frees (reuses) the frame and
+    //! opens.
+    use super::*;
+    use crate::sync::gate::Gate;
+    use loom::cell::UnsafeCell;
+
+    const CPUS: usize = 3;
+    /// The CPU that unmaps; the others poke.
+    const UNMAPPER: usize = 2;
+
+    /// The gate, the pack's table entry (1: mapped) and its frame: a plain cell per poking CPU
+    /// (each writes its own bytes), so that loom reports a poke's write and the frame's reuse
+    /// that are not ordered as a data race.
+    struct Pool {
+        gate: Gate<CPUS>,
+        entry: AtomicU64,
+        frame: [UnsafeCell<u64>; UNMAPPER],
+    }
+
+    // SAFETY: the frame is only accessed as the protocol under test allows; loom checks it.
+    unsafe impl Sync for Pool {}
+    // SAFETY: as above.
+    unsafe impl Send for Pool {}
+
+    /// Two CPUs poke the pack while a third unmaps it, waiting in `WFE` (leaving and opening
+    /// are followed by a `SEV`). Proves: a poke that found the pack mapped writes a frame that
+    /// is not yet reused, and the reuse never races with a poke's write (loom's data-race check);
+    /// a poke after the unmap finds the entry clear; nobody deadlocks. Preemption bound 2.
+    #[test]
+    fn no_poke_writes_a_frame_after_its_pack_is_unmapped() {
+        model(2, || {
+            let pool = Arc::new(Pool {
+                gate: Gate::new(),
+                entry: AtomicU64::new(1),
+                frame: [UnsafeCell::new(0), UnsafeCell::new(0)],
+            });
+            let all = (1u64 << CPUS) - 1;
+            run_cpus(CPUS, move |cpu, cpus| {
+                let others = all & !(1 << cpu);
+                if cpu == UNMAPPER {
+                    pool.gate.close(|| cpus.wfe(cpu));
+                    pool.entry.store(0, Ordering::Relaxed);
+                    // The frame given back and reused by its next owner.
+                    for word in &pool.frame {
+                        // SAFETY: the gate orders this against every poke (loom checks it).
+                        word.with_mut(|word| unsafe { *word = u64::MAX });
+                    }
+                    pool.gate.open();
+                    cpus.sev(others);
+                } else {
+                    pool.gate
+                        .enter(cpu, || cpus.wfe(cpu), || cpus.sev(1 << UNMAPPER));
+                    if pool.entry.load(Ordering::Acquire) == 1 {
+                        pool.frame[cpu].with_mut(|frame| {
+                            // SAFETY: the gate orders this against the reuse (loom checks it).
+                            let old = unsafe { *frame };
+                            assert_ne!(old, u64::MAX, "CPU {cpu} poked a reused frame");
+                            unsafe { *frame = old + 1 };
+                        });
+                    }
+                    pool.gate.leave(cpu);
+                    cpus.sev(1 << UNMAPPER);
+                }
+            });
+        });
+    }
+}
