@@ -236,12 +236,32 @@ impl<P: Platform> ExecManager<P> {
     /// instruction from its next context synchronisation event at the latest;
     /// [`ExecManager::publish`] makes that every CPU's present.
     pub fn patch_insn(&self, addr: u64, expected_old: u32, new: u32) -> Result<(), PokeError> {
+        // The fast path, which calls nothing (no frame to save, no register to keep across a
+        // call): an aligned CMODX pair, stored once, through an open gate. Anything else, and a
+        // gate found closed, takes the general path, which checks, waits and refuses; nothing is
+        // written before either decides.
+        if addr.is_multiple_of(INSN_BYTES as u64)
+            && poke::is_cmodx(expected_old)
+            && poke::is_cmodx(new)
+            && !P::store_code_twice()
+            && let Some(inside) = self.try_enter_poke()
+        {
+            return self.exchange_insn(&inside, addr, expected_old, new);
+        }
+        self.patch_insn_general(addr, expected_old, new)
+    }
+
+    /// [`ExecManager::patch_insn`] for what its fast path does not take: a misaligned address or
+    /// a pair outside the CMODX set (refused), a platform that stores code twice, a CPU without
+    /// a poke slot (refused), or a poke gate that is closed (it waits).
+    #[cold]
+    #[inline(never)]
+    fn patch_insn_general(&self, addr: u64, expected_old: u32, new: u32) -> Result<(), PokeError> {
         poke::check_insn_aligned(addr)?;
         // Inside the poke gate the page's frame is not unmapped and reused, and interrupts are
         // masked.
         let inside = self.enter_poke()?;
-        let pa = self
-            .patch_pa(addr)
+        self.patch_pa(addr)
             .ok_or(PokeError::NotExecMemory { addr })?;
         if !(poke::is_cmodx(expected_old) && poke::is_cmodx(new)) {
             // Refused either way; the comparison's answer first, as when both are CMODX.
@@ -252,38 +272,53 @@ impl<P: Platform> ExecManager<P> {
             poke::check_old(addr, expected_old, found)?;
             return poke::check_pair(found, new);
         }
-        let plan = self.plan_inside(&inside);
+        self.exchange_insn(&inside, addr, expected_old, new)?;
+        if P::store_code_twice() {
+            // The same word again, unless another patch changed it since (which stored it).
+            let _ = self.exchange_insn(&inside, addr, new, new);
+        }
+        Ok(())
+    }
+
+    /// The store of [`ExecManager::patch_insn`] (`addr` aligned, both instructions CMODX,
+    /// checked by the caller): `expected` exchanged for `new` in one step, then the one-line
+    /// maintenance pass, inlined.
+    #[inline(always)]
+    fn exchange_insn(
+        &self,
+        inside: &Inside<'_, P>,
+        addr: u64,
+        expected: u32,
+        new: u32,
+    ) -> Result<(), PokeError> {
+        let pa = self
+            .patch_pa(addr)
+            .ok_or(PokeError::NotExecMemory { addr })?;
+        let plan = self.plan_inside(inside);
         // Compare and store are one single-copy-atomic 32-bit exchange through the alias
         // (LDXR/STXR on the word's physical address, Normal inner-shareable memory: the global
         // exclusive monitor of Arm ARM B2.9), so against every other patcher of the word on any
         // CPU the read, the compare and the write are one step, as Linux's `text_mutex` makes
         // them; the store is the CMODX single aligned 32-bit write (B2.2.5). A batch patch stops
         // this CPU only outside a patch (its interrupts are masked throughout).
-        let exchange = |expected: u32| {
-            move |page: u64| {
-                // SAFETY: `page` maps the page of `pa` RW for this CPU alone, and `addr`'s
-                // offset in its page is that of `pa`: an aligned word of normal memory.
-                let word = unsafe { &*((page + addr % PAGE_SIZE) as *const AtomicU32) };
-                word.compare_exchange(expected, new, Ordering::Relaxed, Ordering::Relaxed)
-            }
-        };
-        let swapped = self.store_in_page(&inside, pa, exchange(expected_old));
+        let swapped = self.store_in_page(inside, pa, |page| {
+            // SAFETY: `page` maps the page of `pa` RW for this CPU alone, and `addr`'s offset in
+            // its page is that of `pa`: an aligned word of normal memory.
+            let word = unsafe { &*((page + addr % PAGE_SIZE) as *const AtomicU32) };
+            word.compare_exchange(expected, new, Ordering::Relaxed, Ordering::Relaxed)
+        });
         if let Err(found) = swapped {
             return Err(PokeError::OldMismatch {
                 addr,
-                expected: expected_old,
+                expected,
                 found,
             });
         }
         complete_alias_stores();
-        // An aligned instruction lies in one line of both caches.
-        cache::sync_code_line(plan, addr);
-        if P::store_code_twice() {
-            // The same word again, unless another patch changed it since (which stored it).
-            let _ = self.store_in_page(&inside, pa, exchange(new));
-            complete_alias_stores();
-            cache::sync_code_line(plan, addr);
-        }
+        // An aligned instruction lies in one line of both caches. Inlined: the pass is the same
+        // B2.4.4 sequence as `cache::sync_code_line`'s (`check-poke-asm` reads it in
+        // `patch_insn` too), without a call.
+        cache::sync_code_line_inline(plan, addr);
         Ok(())
     }
 
@@ -358,29 +393,57 @@ impl<P: Platform> ExecManager<P> {
     fn enter_poke(&self) -> Result<Inside<'_, P>, PokeError> {
         let saved = P::mask_interrupts();
         let cpu = P::cpu_index();
-        let entry = self
-            .per_cpu
-            .get(cpu)
-            .map_or(ptr::null_mut(), |c| c.entry.load(Ordering::Acquire));
+        let entry = self.slot_entry(cpu);
         if entry.is_null() {
             P::restore_interrupts(saved);
             return Err(PokeError::NoPokeSlot { cpu });
         }
         // A non-null entry means `cpu` < MAX_CPUS, the gate's size.
         self.gate.enter(cpu, P::relax, || {});
+        Ok(self.inside(cpu, entry, saved))
+    }
+
+    /// [`Self::enter_poke`] without waiting or refusing: `None` (interrupts as they were, not
+    /// inside) if this CPU has no poke slot or the gate is closed, for the caller's general path
+    /// to wait or refuse.
+    #[inline(always)]
+    fn try_enter_poke(&self) -> Option<Inside<'_, P>> {
+        let saved = P::mask_interrupts();
+        let cpu = P::cpu_index();
+        let entry = self.slot_entry(cpu);
+        // A non-null entry means `cpu` < MAX_CPUS, the gate's size.
+        if !entry.is_null() && self.gate.try_enter(cpu) {
+            return Some(self.inside(cpu, entry, saved));
+        }
+        P::restore_interrupts(saved);
+        None
+    }
+
+    /// The level-3 entry of CPU `cpu`'s poke slot in its own view, or null (no such CPU, or it
+    /// has not entered its view).
+    #[inline(always)]
+    fn slot_entry(&self, cpu: usize) -> *mut u64 {
+        self.per_cpu
+            .get(cpu)
+            .map_or(ptr::null_mut(), |c| c.entry.load(Ordering::Acquire))
+    }
+
+    /// The guard of CPU `cpu`, just entered with slot entry `entry` and `saved` interrupts.
+    #[inline(always)]
+    fn inside(&self, cpu: usize, entry: *mut u64, saved: u64) -> Inside<'_, P> {
         // Both were stored before `config`, whose Release the entry's store follows
-        // (`switch_to_view`); the Acquire above makes them visible.
+        // (`switch_to_view`); the Acquire of the entry makes them visible.
         let alias = Alias {
             cpu,
             va: self.hot.fixmap.load(Ordering::Relaxed),
             entry,
             attributes: self.hot.alias_attributes.load(Ordering::Relaxed),
         };
-        Ok(Inside {
+        Inside {
             manager: self,
             alias,
             saved,
-        })
+        }
     }
 
     /// Stores `len` bytes from exec address `dst` (checked against its region by the caller)

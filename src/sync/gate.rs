@@ -10,7 +10,8 @@
 //!
 //! The protocol:
 //! - entering, a CPU sets its flag, then (a full fence) reads `closed`; if it is set, the CPU
-//!   clears its flag, waits until `closed` is clear, and tries again;
+//!   clears its flag, waits until `closed` is clear, and tries again (or, with
+//!   [`Gate::try_enter`], gives up);
 //! - closing (closers are serialised by the caller's lock) sets `closed`, then (a full fence)
 //!   waits until every CPU's flag is clear;
 //! - leaving clears the CPU's flag, opening clears `closed`, both with Release.
@@ -54,22 +55,31 @@ impl<const N: usize> Gate<N> {
         }
     }
 
+    /// CPU `cpu` (below `N`, not inside) enters if the gate is open, and returns whether it did;
+    /// if it is closed, the CPU is not inside (its flag is cleared again) and nothing waits. The
+    /// text poke's fast path: a closed gate sends it to the path that waits
+    /// ([`Self::enter`]), so the fast path calls nothing.
+    #[inline]
+    pub fn try_enter(&self, cpu: usize) -> bool {
+        let flag = &self.inside[cpu].0;
+        flag.store(true, Ordering::Relaxed);
+        // Orders the flag's store before the load of `closed` (the closer's fence orders its
+        // store of `closed` before its loads of the flags).
+        fence(Ordering::SeqCst);
+        // Acquire: what the last closer did before opening happens before this entry.
+        if !self.closed.load(Ordering::Acquire) {
+            return true;
+        }
+        flag.store(false, Ordering::Release);
+        false
+    }
+
     /// CPU `cpu` (below `N`, not inside) enters, calling `wait` in each turn of waiting while
     /// the gate is closed (it is not inside then), after `backed_out` (it cleared its flag, which
     /// the closer may be waiting for: a waiter that sleeps needs a wake-up; the kernel's poll).
     #[inline]
     pub fn enter(&self, cpu: usize, mut wait: impl FnMut(), mut backed_out: impl FnMut()) {
-        let flag = &self.inside[cpu].0;
-        loop {
-            flag.store(true, Ordering::Relaxed);
-            // Orders the flag's store before the load of `closed` (the closer's fence orders its
-            // store of `closed` before its loads of the flags).
-            fence(Ordering::SeqCst);
-            // Acquire: what the last closer did before opening happens before this entry.
-            if !self.closed.load(Ordering::Acquire) {
-                return;
-            }
-            flag.store(false, Ordering::Release);
+        while !self.try_enter(cpu) {
             backed_out();
             while self.closed.load(Ordering::Relaxed) {
                 wait();

@@ -82,6 +82,13 @@ pub fn sync_code_range(plan: &MaintenancePlan, start: u64, end: u64) {
 /// image (`sync_code_line` in its symbol name).
 #[inline(never)]
 pub fn sync_code_line(plan: &MaintenancePlan, addr: u64) {
+    sync_code_line_inline(plan, addr);
+}
+
+/// [`sync_code_line`], inlined into its caller: for a path that must call nothing (the fast path
+/// of `patch_insn`, whose image `check-poke-asm` reads for the same sequence).
+#[inline(always)]
+pub fn sync_code_line_inline(plan: &MaintenancePlan, addr: u64) {
     match plan.clean {
         // SAFETY: a barrier only (IDC = 1: the stores need only be complete).
         Clean::Skip => unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) },
