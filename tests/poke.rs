@@ -1,5 +1,6 @@
 //! Text poke, in every boot mode (and on several CPU models): JIT code written through the fixmap
-//! alias runs; overwritten code runs anew; code across a page boundary works; a live NOP→B patch
+//! alias runs; overwritten code runs anew; code across a page boundary works; small copies write
+//! the same through the fast path and the general one; a live NOP→B patch
 //! redirects a function; BRK fill traps; direct stores still fault; the alias is gone after every
 //! poke; every bad input is refused with memory unchanged; and the cache-maintenance plan matches
 //! what CTR_EL0 and MIDR_EL1 say.
@@ -40,6 +41,7 @@ fn main() {
             jit_a_function_and_call_it,
             overwrite_and_call_again,
             code_across_a_page_boundary,
+            small_copies_write_the_same_on_either_path,
             patch_nop_to_b_redirects_a_function,
             patch_batch_changes_any_instruction,
             text_set_brk_traps_when_called,
@@ -137,6 +139,75 @@ fn code_across_a_page_boundary() {
         "one alias mapping per page touched"
     );
     assert_eq!(call(at), 51);
+}
+
+/// A copy of whole instructions within one cache line takes the fast path, anything else the
+/// general one: both write exactly the bytes asked for, with one alias mapping, and refuse alike.
+fn small_copies_write_the_same_on_either_path() {
+    let base = pack() + 0xc000;
+    let line = exec_pool::maintenance_plan().min_line() as u64;
+    // 0x2000 bytes of a known pattern, as instructions: a copy changes only its own bytes.
+    let pattern: Vec<u8> = (0..0x2000u32).map(|i| (i * 13 + 5) as u8).collect();
+    // An aligned source buffer, so that offsets from it give aligned and misaligned sources.
+    #[repr(align(64))]
+    struct Src([u8; 1024]);
+    let src = Src(core::array::from_fn(|i| 0xa0 ^ (i * 7) as u8));
+    let read = |at: u64, len: usize| -> Vec<u8> {
+        // SAFETY: reads of the mapped pack (exec memory is readable).
+        (0..len as u64)
+            .map(|i| unsafe { ptr::read_volatile((at + i) as *const u8) })
+            .collect()
+    };
+    // (what, offset into the base, source offset, length): fast, then each way out of it.
+    let cases: [(&str, u64, usize, usize); 7] = [
+        ("one instruction (fast path)", 0x40, 0, 4),
+        ("a line of instructions (fast path)", 0x80, 0, line as usize),
+        ("the source misaligned", 0x100, 1, 8),
+        ("the destination misaligned", 0x142, 0, 8),
+        ("a length of 6", 0x180, 0, 6),
+        ("across a line boundary", 0x200 + line - 4, 0, 8),
+        ("a line and one instruction", 0x300, 0, line as usize + 4),
+    ];
+    for (what, offset, from, len) in cases {
+        poke::text_copy(base, &pattern).expect("the pattern");
+        let at = base + offset;
+        let maps = poke::alias_maps();
+        poke::text_copy(at, &src.0[from..from + len]).expect(what);
+        assert_eq!(poke::alias_maps() - maps, 1, "{what}: one alias mapping");
+        let mut expected = pattern.clone();
+        expected[offset as usize..offset as usize + len].copy_from_slice(&src.0[from..from + len]);
+        assert_eq!(
+            read(base, pattern.len()),
+            expected,
+            "{what}: exactly these bytes"
+        );
+    }
+    // Refusals with a source the fast path would take: nothing written, no alias mapped.
+    poke::text_copy(base, &pattern).expect("the pattern");
+    let maps = poke::alias_maps();
+    let slot = ExecRegion::slot(base + 0x40, base + 0x48);
+    let past = poke::text_copy_within(slot, base + 0x44, &src.0[..8]);
+    assert!(matches!(past, Err(PokeError::PastEnd { .. })), "{past:?}");
+    let before = poke::text_copy_within(slot, base + 0x3c, &src.0[..4]);
+    assert!(
+        matches!(before, Err(PokeError::NotExecMemory { .. })),
+        "{before:?}"
+    );
+    let empty = poke::text_copy_within(slot, base + 0x40, &[]);
+    assert!(matches!(empty, Err(PokeError::EmptySource)), "{empty:?}");
+    let unmapped = poke::text_copy(pack() + BLOCK_SIZE_2M, &src.0[..4]);
+    assert!(
+        matches!(unmapped, Err(PokeError::NotExecMemory { .. })),
+        "{unmapped:?}"
+    );
+    assert_eq!(poke::alias_maps(), maps, "no alias for a refused copy");
+    assert_eq!(read(base, pattern.len()), pattern, "memory unchanged");
+    // And at the slot's very end, the fast path writes.
+    poke::text_copy_within(slot, base + 0x44, &src.0[..4]).expect("the slot's last word");
+    assert_eq!(read(base + 0x44, 4), src.0[..4]);
+    let code = return_const(base + 0x40, 9);
+    write(&code);
+    assert_eq!(call(code.base()), 9, "code written by the fast path runs");
 }
 
 fn patch_nop_to_b_redirects_a_function() {

@@ -412,6 +412,7 @@ impl<P: Platform> ExecManager<P> {
                 text_end: AtomicU64::new(0),
                 text_pa: AtomicU64::new(0),
                 alias_attributes: AtomicU64::new(0),
+                min_line: AtomicU64::new(0),
             },
             tables: IrqMutex::new(None),
             pool: IrqRwLock::new(None),
@@ -513,6 +514,9 @@ impl<P: Platform> ExecManager<P> {
         self.hot
             .alias_attributes
             .store(alias_attributes, Ordering::Relaxed);
+        self.hot
+            .min_line
+            .store(config.maintenance.min_line() as u64, Ordering::Relaxed);
         // Release: whoever sees the CPU count sees the rest (and the slot entries above).
         self.hot.cpus.store(config.cpus, Ordering::Release);
         self.config.call_once(|| config);
@@ -808,6 +812,10 @@ struct Hot {
     /// page's PA ([`crate::mmu::Regime::page_descriptor`] of a page-aligned PA below 2^48 is
     /// exactly that, host-tested).
     alias_attributes: AtomicU64,
+    /// The smallest cache line of the maintenance plan in bytes
+    /// ([`MaintenancePlan::min_line`], computed once): the fast path of a small copy tests
+    /// whether its bytes share one line without the plan's line arithmetic.
+    min_line: AtomicU64,
 }
 
 /// One CPU's poke state, a cache line of its own: only that CPU writes it after init, so the

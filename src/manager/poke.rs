@@ -157,12 +157,73 @@ impl<P: Platform> ExecManager<P> {
         dst: u64,
         src: &[u8],
     ) -> Result<(), PokeError> {
+        if let Some(done) = self.copy_words_in_one_line(region, dst, src) {
+            return done;
+        }
+        self.copy_general(region, dst, src)
+    }
+
+    /// [`ExecManager::copy_unpublished`] for what its fast path does not take: checked against
+    /// the region (and refused), then through [`ExecManager::write_through_alias`]. Out of line,
+    /// so that the refusals and the `memcpy` call give the fast path no stack frame.
+    #[inline(never)]
+    fn copy_general(&self, region: ExecRegion, dst: u64, src: &[u8]) -> Result<(), PokeError> {
         poke::check_range(dst, src.len(), region)?;
         self.write_through_alias(dst, src.len(), |alias, offset, len| {
             // SAFETY: `alias` is this CPU's RW mapping of the page behind dst + offset, `len`
             // bytes fit in it (the writer cuts at page boundaries), and `src` is ordinary memory.
             unsafe { ptr::copy_nonoverlapping(src.as_ptr().add(offset), alias, len) };
         })
+    }
+
+    /// The fast path of [`ExecManager::copy_unpublished`], which calls nothing: whole
+    /// instructions (`dst`, `src` and its length 4-byte aligned, not empty) inside `region` and
+    /// within one line of both caches, through an open gate, copied a word at a time (no `memcpy`
+    /// call) and made visible by the one-line pass, inlined. `None`, with nothing written, for
+    /// anything else: the general path ([`ExecManager::copy_general`]) checks, refuses or writes.
+    #[inline(always)]
+    fn copy_words_in_one_line(
+        &self,
+        region: ExecRegion,
+        dst: u64,
+        src: &[u8],
+    ) -> Option<Result<(), PokeError>> {
+        // `check_range`'s conditions, as one test that fails to the general path (which words
+        // the refusal).
+        let end = dst.checked_add(src.len() as u64)?;
+        if src.is_empty() || dst < region.start || end > region.end {
+            return None;
+        }
+        // Lines are powers of two: the bytes share one when their ends differ only below it
+        // ([`MaintenancePlan::within_one_line`]). Stored with the rest of `hot` before
+        // `config`: zero, and so never one line, until then. First of the rest, as what sends
+        // every longer copy to the general path.
+        if dst ^ (end - 1) >= self.hot.min_line.load(Ordering::Relaxed) {
+            return None;
+        }
+        let words = INSN_BYTES as u64;
+        if !(dst | src.as_ptr() as u64 | src.len() as u64).is_multiple_of(words) {
+            return None;
+        }
+        let inside = self.try_enter_poke()?;
+        let plan = self.plan_inside(&inside);
+        let Some(pa) = self.pack_pa(dst) else {
+            return Some(Err(PokeError::NotExecMemory { addr: dst }));
+        };
+        self.store_in_page(&inside, pa, |page| {
+            let alias = (page + dst % PAGE_SIZE) as *mut u32;
+            let from = src.as_ptr().cast::<u32>();
+            for i in 0..src.len() / INSN_BYTES {
+                // SAFETY: `alias` maps `dst`'s page RW for this CPU alone and the line holding
+                // `[dst, end)` lies in that page; both sides are 4-byte aligned (checked above),
+                // and `src` is ordinary memory of `src.len()` bytes. Volatile: stores into the
+                // alias are not merged into a `memcpy` call.
+                unsafe { alias.add(i).write_volatile(from.add(i).read()) };
+            }
+        });
+        complete_alias_stores();
+        cache::sync_code_line_inline(plan, dst);
+        Some(Ok(()))
     }
 
     /// Writes `count` copies of the instruction `insn` from `dst` (Linux `aarch64_insn_set`),
