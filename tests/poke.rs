@@ -223,10 +223,21 @@ fn patch_nop_to_b_redirects_a_function() {
     write(&code);
     assert_eq!(call(at), 1);
     let branch = insn::b(at, target).expect("b");
-    poke::patch_insn(at, insn::nop(), branch).expect("NOP -> B is CMODX-safe");
-    assert_eq!(call(at), 2, "the function now takes the branch");
-    poke::patch_insn(at, branch, insn::nop()).expect("B -> NOP");
-    assert_eq!(call(at), 1);
+    // QEMU builds store live code twice (the general path); with that off, as on hardware,
+    // `patch_insn` takes its fast path. Both, with one alias mapping per store.
+    let twice = exec_pool::store_code_twice();
+    for (stores, second) in [(if twice { 2 } else { 1 }, twice), (1, false)] {
+        exec_pool::set_store_code_twice(second);
+        let maps = poke::alias_maps();
+        poke::patch_insn(at, insn::nop(), branch).expect("NOP -> B is CMODX-safe");
+        assert_eq!(call(at), 2, "the function now takes the branch");
+        assert_eq!(poke::alias_maps() - maps, stores, "stored twice: {second}");
+        let wrong = poke::patch_insn(at, insn::nop(), insn::brk(0));
+        assert!(matches!(wrong, Err(PokeError::OldMismatch { found, .. }) if found == branch));
+        poke::patch_insn(at, branch, insn::nop()).expect("B -> NOP");
+        assert_eq!(call(at), 1);
+    }
+    exec_pool::set_store_code_twice(twice);
 }
 
 fn patch_batch_changes_any_instruction() {
