@@ -12,7 +12,14 @@
 //! is inside the poke gate on its CPU ([`crate::sync::gate`], a per-CPU flag and a fence, with
 //! interrupts masked) from before it looks the page up in the pack table until after its
 //! maintenance, and an unmap (or an audit) closes the gate, waiting for every poke inside,
-//! before the pack goes. Patches of live code also hold the patch lock, inside the gate.
+//! before the pack goes. A batch patch also holds the patch lock, inside the gate.
+//!
+//! The two most common pokes have a fast path that calls nothing (no stack frame, no register
+//! kept across a call): `patch_insn` of an aligned CMODX pair, and a copy of whole instructions
+//! within one cache line. Each enters the gate only if it is open
+//! ([`crate::sync::gate::Gate::try_enter`]), stores, and runs the one-line maintenance pass
+//! inlined; everything else (refusals, a closed gate, longer copies) takes the general path out
+//! of line, having written nothing.
 
 use core::ptr;
 use core::sync::atomic::{AtomicU32, Ordering};
