@@ -681,3 +681,70 @@ fn the_magazines_add_no_shared_calls_to_the_bpf_churn() {
     live.free_all(&mut a).expect("every free");
     a.check_invariants();
 }
+
+type NullMagazines = crate::pack::magazine::Magazines<
+    NullBackend,
+    spin::Mutex<PackAllocator<NullBackend>>,
+    spin::Mutex<crate::pack::magazine::CpuMagazines>,
+    NullFill,
+>;
+
+/// Averages over many seeds of the churns of issue 13, ours beside first fit, so that a placement
+/// change is judged on more than the one seed `make bench` runs:
+/// `cargo test --release --lib bench::tests::placement_seed_averages -- --ignored --nocapture`.
+#[test]
+#[ignore = "an experiment: prints figures (about two minutes in release)"]
+fn placement_seed_averages() {
+    const SEEDS: u64 = 20;
+    let cases: [(&str, Vec<workload::Stream>); 4] = [
+        ("modules 4M", workload::module_streams(4 << 20).to_vec()),
+        ("modules 16M", workload::module_streams(16 << 20).to_vec()),
+        ("mixed 16M", workload::mixed_streams(16 << 20).to_vec()),
+        ("mixed 32M", workload::mixed_streams(32 << 20).to_vec()),
+    ];
+    for (what, streams) in &cases {
+        let (mut ours, mut first_fit, mut ideal) = (0, 0, 0);
+        for seed in 1..=SEEDS {
+            let mut a = PackAllocator::new(NullBackend, BASE, 64).expect("pool");
+            let r = workload::stream_churn(&mut a, seed, streams, 50_000).expect("churn");
+            ours += r.average_packs_x100();
+            ideal += r.average_ideal_x100();
+            let mut b = BpfProgPack::new(NullBackend, BASE, 64);
+            first_fit += workload::stream_churn(&mut b, seed, streams, 50_000)
+                .expect("churn")
+                .average_packs_x100();
+        }
+        let fmt = |x100: u64| alloc::format!("{}.{:02}", x100 / SEEDS / 100, x100 / SEEDS % 100);
+        eprintln!(
+            "{what:>12}: packs avg over {SEEDS} seeds: ours {}, first fit {}, ideal {}",
+            fmt(ours),
+            fmt(first_fit),
+            fmt(ideal)
+        );
+    }
+    fn bpf_ends<A: SlotAllocator>(new: impl Fn() -> A, live_bytes: u64) -> Vec<(usize, u64)> {
+        (0..10u64)
+            .map(|seed| {
+                let mut a = new();
+                let mut rng = Rng::new(live_bytes + seed);
+                let mut live = workload::fill_bytes(&mut a, &mut rng, live_bytes).expect("fill");
+                workload::churn(&mut a, &mut rng, &mut live, live_bytes, 100_000).expect("churn");
+                let end = (a.packs_mapped(), a.stats().density_permille());
+                live.free_all(&mut a).expect("drain");
+                end
+            })
+            .collect()
+    }
+    for live_mb in [32u64, 100] {
+        let live = live_mb << 20;
+        let pack = || PackAllocator::new(NullBackend, BASE, 64).expect("pool");
+        eprintln!(
+            "bpf {live_mb}M, (packs, density permille) at the end of seeds 0..10:\n  shared    {:?}\n  magazines {:?}",
+            bpf_ends(pack, live),
+            bpf_ends(
+                || NullMagazines::new(pack(), NullFill, 1).expect("one CPU"),
+                live
+            ),
+        );
+    }
+}

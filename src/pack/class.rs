@@ -101,6 +101,12 @@ impl ClassSet {
         self.0[class / 64] &= !(1 << (class % 64));
     }
 
+    #[inline]
+    pub(crate) fn contains(&self, class: usize) -> bool {
+        let class = class % CLASS_SLOTS;
+        self.0[class / 64] & (1 << (class % 64)) != 0
+    }
+
     /// The smallest class in the set that is at least `class`.
     #[inline]
     pub(crate) fn first_at_least(&self, class: usize) -> Option<usize> {
@@ -119,10 +125,13 @@ impl ClassSet {
 /// `packs[c]` has bit `p` set while pack `p` has a free run of class `c`, and `classes` holds the
 /// classes whose mask is not zero. "The smallest class at least `c` that some pack has" is then a
 /// find-first-set over at most four words, and the packs that have it one more load: no walk over
-/// packs or free lists.
+/// packs or free lists. `by_pack[p]` is the same relation seen from pack `p`, the classes it has
+/// runs of, so that "the best-fitting run of this pack" is one find-first-set too (the first fit
+/// by pack walks the packs, not the classes).
 pub(crate) struct RunIndex {
     classes: ClassSet,
     packs: [u64; CLASS_SLOTS],
+    by_pack: [ClassSet; MAX_PACKS],
 }
 
 impl RunIndex {
@@ -130,6 +139,7 @@ impl RunIndex {
         Self {
             classes: ClassSet([0; CLASS_WORDS]),
             packs: [0; CLASS_SLOTS],
+            by_pack: [ClassSet([0; CLASS_WORDS]); MAX_PACKS],
         }
     }
 
@@ -141,6 +151,7 @@ impl RunIndex {
             self.classes.insert(class);
         }
         self.packs[class] |= 1 << (pack % MAX_PACKS);
+        self.by_pack[pack % MAX_PACKS].insert(class);
     }
 
     /// Pack `pack` no longer has a run of class `class`.
@@ -151,6 +162,13 @@ impl RunIndex {
         if self.packs[class] == 0 {
             self.classes.remove(class);
         }
+        self.by_pack[pack % MAX_PACKS].remove(class);
+    }
+
+    /// The classes pack `pack` has a run of.
+    #[inline]
+    pub(crate) fn classes_of(&self, pack: usize) -> &ClassSet {
+        &self.by_pack[pack % MAX_PACKS]
     }
 
     /// The packs with a run of class `class`, one bit per pack.
