@@ -703,12 +703,17 @@ fn placement_seed_averages() {
         ("mixed 32M", workload::mixed_streams(32 << 20).to_vec()),
     ];
     for (what, streams) in &cases {
-        let (mut ours, mut first_fit, mut ideal) = (0, 0, 0);
+        let (mut ours, mut magazines, mut first_fit, mut ideal) = (0, 0, 0, 0);
         for seed in 1..=SEEDS {
             let mut a = PackAllocator::new(NullBackend, BASE, 64).expect("pool");
             let r = workload::stream_churn(&mut a, seed, streams, 50_000).expect("churn");
             ours += r.average_packs_x100();
             ideal += r.average_ideal_x100();
+            let pool = PackAllocator::new(NullBackend, BASE, 64).expect("pool");
+            let mut m = NullMagazines::new(pool, NullFill, 1).expect("one CPU");
+            magazines += workload::stream_churn(&mut m, seed, streams, 50_000)
+                .expect("churn")
+                .average_packs_x100();
             let mut b = BpfProgPack::new(NullBackend, BASE, 64);
             first_fit += workload::stream_churn(&mut b, seed, streams, 50_000)
                 .expect("churn")
@@ -716,8 +721,9 @@ fn placement_seed_averages() {
         }
         let fmt = |x100: u64| alloc::format!("{}.{:02}", x100 / SEEDS / 100, x100 / SEEDS % 100);
         eprintln!(
-            "{what:>12}: packs avg over {SEEDS} seeds: ours {}, first fit {}, ideal {}",
+            "{what:>12}: packs avg over {SEEDS} seeds: shared {}, magazines {}, first fit {}, ideal {}",
             fmt(ours),
+            fmt(magazines),
             fmt(first_fit),
             fmt(ideal)
         );
