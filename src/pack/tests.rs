@@ -453,7 +453,8 @@ fn best_fit_over_the_pool_then_the_lowest_pack() {
     let best = alloc.alloc(40 << 10).expect("room");
     assert_eq!(pack_of(best.addr()), 0);
     assert!(best.addr() < BASE + (512 << 10), "in pack 0's 512 KiB run");
-    // 4 KiB and under keep the pool-wide best fit: pack 0's 32 KiB run, the smallest.
+    // 2 KiB: the pool-wide best fit is pack 0's 32 KiB run, the smallest, in a pack that is not
+    // draining.
     let small = alloc.alloc(2048).expect("room");
     assert_eq!(pack_of(small.addr()), 0);
     alloc.free(small).expect("live");
@@ -461,6 +462,31 @@ fn best_fit_over_the_pool_then_the_lowest_pack() {
     let next = alloc.alloc(9000).expect("room");
     assert_eq!(pack_of(next.addr()), 0);
     assert!(next.addr() >= BASE + PACK - (32 << 10));
+    alloc.check_invariants();
+}
+
+#[test]
+fn a_small_slot_whose_best_fit_is_in_a_draining_pack_goes_to_the_lowest_pack_with_room() {
+    let mut alloc = pool(4);
+    // Pack 0: a 64 KiB run at the end. Pack 1: a 4 KiB run at the end, the best fit of 1 KiB.
+    let _p0 = alloc.alloc(PACK_SIZE - (64 << 10)).expect("room");
+    let p1 = alloc.alloc(PACK_SIZE - 4096).expect("room");
+    assert_eq!(pack_of(p1.addr()), 1);
+    // Pack 1 is the highest slot pack and not the lowest: draining, so pack 0 takes the slot.
+    let small = alloc.alloc(1024).expect("room");
+    assert_eq!(pack_of(small.addr()), 0);
+    alloc.check_invariants();
+    // With pack 1 gone, pack 0 is the only slot pack, which never drains: best fit again.
+    alloc.free(p1).expect("live");
+    alloc.trim();
+    assert_eq!(alloc.stats().packs_mapped, 1);
+    let again = alloc.alloc(1024).expect("room");
+    assert_eq!(pack_of(again.addr()), 0);
+    assert_eq!(
+        again.addr(),
+        small.addr() - 1024,
+        "cut from the end of the same run"
+    );
     alloc.check_invariants();
 }
 
