@@ -689,13 +689,28 @@ type NullMagazines = crate::pack::magazine::Magazines<
     NullFill,
 >;
 
-/// Averages over many seeds of the churns of issue 13, ours beside first fit, so that a placement
-/// change is judged on more than the one seed `make bench` runs:
-/// `cargo test --release --lib bench::tests::placement_seed_averages -- --ignored --nocapture`.
+/// Averages over many seeds of the churns of issue 13, the shared allocator and the magazines
+/// beside first fit, so that a placement change is judged on more than the one seed `make bench`
+/// runs: `cargo test --release --lib bench::tests::placement_seed_averages -- --ignored
+/// --nocapture`.
 #[test]
-#[ignore = "an experiment: prints figures (about two minutes in release)"]
+#[ignore = "an experiment: prints figures (about half a minute in release, after the build)"]
 fn placement_seed_averages() {
     const SEEDS: u64 = 20;
+    /// Packs mapped on average over the churn, and the ideal, summed over the seeds (x100).
+    fn packs_x100<A: SlotAllocator>(
+        new: impl Fn() -> A,
+        streams: &[workload::Stream],
+    ) -> (u64, u64) {
+        (1..=SEEDS).fold((0, 0), |(packs, ideal), seed| {
+            let r = workload::stream_churn(&mut new(), seed, streams, 50_000).expect("churn");
+            (
+                packs + r.average_packs_x100(),
+                ideal + r.average_ideal_x100(),
+            )
+        })
+    }
+    let pack = || PackAllocator::new(NullBackend, BASE, 64).expect("pool");
     let cases: [(&str, Vec<workload::Stream>); 4] = [
         ("modules 4M", workload::module_streams(4 << 20).to_vec()),
         ("modules 16M", workload::module_streams(16 << 20).to_vec()),
@@ -703,26 +718,16 @@ fn placement_seed_averages() {
         ("mixed 32M", workload::mixed_streams(32 << 20).to_vec()),
     ];
     for (what, streams) in &cases {
-        let (mut ours, mut magazines, mut first_fit, mut ideal) = (0, 0, 0, 0);
-        for seed in 1..=SEEDS {
-            let mut a = PackAllocator::new(NullBackend, BASE, 64).expect("pool");
-            let r = workload::stream_churn(&mut a, seed, streams, 50_000).expect("churn");
-            ours += r.average_packs_x100();
-            ideal += r.average_ideal_x100();
-            let pool = PackAllocator::new(NullBackend, BASE, 64).expect("pool");
-            let mut m = NullMagazines::new(pool, NullFill, 1).expect("one CPU");
-            magazines += workload::stream_churn(&mut m, seed, streams, 50_000)
-                .expect("churn")
-                .average_packs_x100();
-            let mut b = BpfProgPack::new(NullBackend, BASE, 64);
-            first_fit += workload::stream_churn(&mut b, seed, streams, 50_000)
-                .expect("churn")
-                .average_packs_x100();
-        }
+        let (shared, ideal) = packs_x100(pack, streams);
+        let (magazines, _) = packs_x100(
+            || NullMagazines::new(pack(), NullFill, 1).expect("one CPU"),
+            streams,
+        );
+        let (first_fit, _) = packs_x100(|| BpfProgPack::new(NullBackend, BASE, 64), streams);
         let fmt = |x100: u64| alloc::format!("{}.{:02}", x100 / SEEDS / 100, x100 / SEEDS % 100);
         eprintln!(
             "{what:>12}: packs avg over {SEEDS} seeds: shared {}, magazines {}, first fit {}, ideal {}",
-            fmt(ours),
+            fmt(shared),
             fmt(magazines),
             fmt(first_fit),
             fmt(ideal)
@@ -743,7 +748,6 @@ fn placement_seed_averages() {
     }
     for live_mb in [32u64, 100] {
         let live = live_mb << 20;
-        let pack = || PackAllocator::new(NullBackend, BASE, 64).expect("pool");
         eprintln!(
             "bpf {live_mb}M, (packs, density permille) at the end of seeds 0..10:\n  shared    {:?}\n  magazines {:?}",
             bpf_ends(pack, live),
